@@ -1,0 +1,77 @@
+//! Plain types of the operation API: what `fs` hands to the FUSE layer.
+
+/// An ext4 inode number (FUSE node ids map onto these: FUSE root 1 is ext4 inode 2).
+pub type Ino = u64;
+
+/// The root directory's ext4 inode number.
+pub const ROOT_INO: Ino = 2;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// File attributes as `stat(2)` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub size: u64,
+    /// 512-byte units, as `st_blocks`.
+    pub blocks: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub crtime: Timespec,
+    /// File type and permission bits (`S_IFMT | 07777`).
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Device number for char/block nodes, in the kernel's `new_encode_dev` form.
+    pub rdev: u32,
+    pub blksize: u32,
+    pub generation: u32,
+}
+
+/// One directory entry as readdir returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: Ino,
+    /// The cookie that resumes the listing just after this entry.
+    pub next_off: u64,
+    /// `DT_*` type (`DT_UNKNOWN` when the directory has no file types).
+    pub kind: u8,
+    pub name: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// Who is asking: the caller's credentials, for permission checks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// `lseek` whence values the file system answers itself.
+pub const SEEK_DATA: u32 = 3;
+pub const SEEK_HOLE: u32 = 4;
+
+/// Options that change how an image is mounted.
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    /// Serve the image read-only even when it could be written.
+    pub read_only: bool,
+}
