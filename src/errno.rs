@@ -16,6 +16,7 @@ impl Errno {
     pub const EACCES: Errno = Errno(libc::EACCES);
     pub const EEXIST: Errno = Errno(libc::EEXIST);
     pub const EXDEV: Errno = Errno(libc::EXDEV);
+    pub const EBUSY: Errno = Errno(libc::EBUSY);
     pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
     pub const EISDIR: Errno = Errno(libc::EISDIR);
     pub const EINVAL: Errno = Errno(libc::EINVAL);
@@ -33,6 +34,7 @@ impl Errno {
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const E2BIG: Errno = Errno(libc::E2BIG);
     pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
+    pub const EPROTO: Errno = Errno(libc::EPROTO);
     /// "Structure needs cleaning": corrupt on-disk metadata.
     pub const EUCLEAN: Errno = Errno(libc::EUCLEAN);
 

@@ -1,8 +1,12 @@
 //! vhost-ext4: an ext4 engine in userspace, served to VMs over vhost-user-fs / vhost-user-blk and to
-//! the host over FUSE. Layers, bottom-up: blockdev → ondisk → cache → fs → fuse → vhost.
+//! the host over FUSE. Layers, bottom-up: blockdev → ondisk → cache → alloc / extent → fs → fuse →
+//! vhost.
 
+pub mod alloc;
 pub mod blockdev;
+pub mod cache;
 pub mod errno;
+pub mod extent;
 pub mod fs;
 pub mod fuse;
 pub mod ondisk;

@@ -1,3 +1,200 @@
-fn main() {
-    println!("vhost-ext4");
+//! The `vhost-ext4` command line: serve an ext4 image over FUSE on the host (`mount`).
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use vhost_ext4::blockdev::FileDevice;
+use vhost_ext4::fs::{Fs, MountOptions};
+use vhost_ext4::fuse::{self, DispatchOptions, Dispatcher, MountConfig, Transport};
+
+#[derive(Parser)]
+#[command(
+    name = "vhost-ext4",
+    version,
+    about = "A userspace ext4 engine for VMs and the host"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount an ext4 image on the host through FUSE and serve it in the foreground.
+    Mount {
+        /// The ext4 image (a file or a block device).
+        image: PathBuf,
+        /// Where to mount it.
+        mountpoint: PathBuf,
+        /// Serve the image read-only. (Images with a journal are served read-only until the
+        /// journal write path lands; journal-less images are writable.)
+        #[arg(long)]
+        read_only: bool,
+        /// Worker threads reading /dev/fuse (default: CPUs, at most 8).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Log filter: error, warn, info, debug, trace (or an env_logger filter string).
+        #[arg(long, default_value = "warn")]
+        log_level: String,
+    },
+}
+
+/// An error message as one plain sentence: without the " (os error N)" the standard library adds.
+fn sentence(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(" (os error ") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + " (os error ".len()..];
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && tail[digits..].starts_with(')') {
+            rest = &tail[digits + 1..];
+        } else {
+            out.push_str(" (os error ");
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn init_logging(filter: &str) {
+    env_logger::Builder::new()
+        .parse_filters(filter)
+        .format_timestamp_millis()
+        .init();
+}
+
+/// Block SIGINT and SIGTERM in this thread (and every thread it spawns later), so that only the
+/// signal thread's `sigwait` receives them.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; SIGINT/SIGTERM are valid signal numbers; the old mask is
+    // not requested (null).
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// On the first SIGINT/SIGTERM detach the mount (serving ends once the kernel lets go); on a
+/// second one, flush and exit at once.
+fn spawn_signal_thread(set: libc::sigset_t, mountpoint: PathBuf, fs: Arc<Fs>) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut count = 0;
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is an initialized sigset_t and `sig` a writable int.
+                let rc = unsafe { libc::sigwait(&set, &mut sig) };
+                if rc != 0 {
+                    continue;
+                }
+                count += 1;
+                if count == 1 {
+                    log::info!("signal {sig}: unmounting {}", mountpoint.display());
+                    if let Err(e) = fuse::unmount(&mountpoint) {
+                        log::warn!("unmounting {} failed: {e}", mountpoint.display());
+                    }
+                } else {
+                    log::warn!("signal {sig} again: exiting now");
+                    if let Err(e) = fs.shutdown() {
+                        log::error!("flushing the file system failed: {e}");
+                        std::process::exit(1);
+                    }
+                    std::process::exit(0);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the signal thread: {e}");
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8)
+}
+
+fn run_mount(
+    image: &Path,
+    mountpoint: &Path,
+    read_only: bool,
+    threads: Option<usize>,
+) -> Result<(), String> {
+    let dev = FileDevice::open(image, read_only).map_err(|e| sentence(&e.to_string()))?;
+    let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only })
+        .map_err(|e| format!("cannot mount image {}: {}", image.display(), sentence(&e)))?;
+    let fs = Arc::new(fs);
+    let ro = fs.is_read_only();
+
+    let sigset = block_signals();
+    let dispatcher = Arc::new(Dispatcher::new(
+        Arc::clone(&fs),
+        DispatchOptions {
+            transport: Transport::DevFuse,
+            ..Default::default()
+        },
+    ));
+    let cfg = MountConfig::new(image.to_string_lossy(), ro);
+    let session = fuse::mount(mountpoint, &cfg).map_err(|e| sentence(&e.to_string()))?;
+    spawn_signal_thread(sigset, mountpoint.to_path_buf(), Arc::clone(&fs));
+
+    let served = session.serve(dispatcher, threads.unwrap_or_else(default_threads));
+    let synced = fs.shutdown();
+    served.map_err(|e| {
+        format!(
+            "serving {} failed: {}",
+            mountpoint.display(),
+            sentence(&e.to_string())
+        )
+    })?;
+    synced.map_err(|e| format!("flushing {} failed: {e}", image.display()))?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mount {
+            image,
+            mountpoint,
+            read_only,
+            threads,
+            log_level,
+        } => {
+            init_logging(&log_level);
+            run_mount(&image, &mountpoint, read_only, threads)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("vhost-ext4: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sentence;
+
+    #[test]
+    fn sentences_drop_os_error_numbers() {
+        assert_eq!(
+            sentence("cannot open image x.img: No such file or directory (os error 2)"),
+            "cannot open image x.img: No such file or directory"
+        );
+        assert_eq!(sentence("a (os error x) b"), "a (os error x) b");
+        assert_eq!(sentence("plain"), "plain");
+    }
 }

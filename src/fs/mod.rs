@@ -1,107 +1,124 @@
 //! The operation API: mount an image and answer file operations with Linux semantics and errno.
 //! This is the only layer the FUSE protocol layer talks to.
+//!
+//! Submodules: `mount` (superblock, groups, feature checks), `inode` (reading inodes), `bmap`
+//! (logical → physical block mapping), `file` (data reads, SEEK_DATA/HOLE), `dir` (lookup, listing),
+//! `xattr`, `ops` (the public operations).
 
+mod blocks;
+mod bmap;
+mod commit;
+mod dir;
+mod dirops;
+mod file;
+mod inode;
+mod mount;
+mod namespace;
+mod ops;
+mod orphan;
 mod types;
+mod xattr;
 
 pub use types::*;
 
+use crate::alloc::{Allocator, MetaIo};
 use crate::blockdev::BlockDevice;
+use crate::cache::BufferCache;
 use crate::errno::{Errno, Result};
-use std::sync::Arc;
+use crate::ondisk::superblock::Superblock;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A mounted ext4 file system.
 pub struct Fs {
-    #[allow(dead_code)]
     dev: Arc<dyn BlockDevice>,
+    sb: Superblock,
+    /// Inode table location of each group (fixed for the life of the file system).
+    itables: Vec<u64>,
+    alloc: Allocator,
+    block_size: u32,
+    csum_seed: u32,
+    read_only: bool,
+    cache: BufferCache,
+    /// FUSE lookup references per inode.
+    lookups: Mutex<HashMap<Ino, u64>>,
+    /// Open directory handles and the listing each one walks.
+    dir_handles: Mutex<HashMap<u64, Arc<dir::Listing>>>,
+    next_fh: AtomicU64,
+    /// Namespace lock: operations that change metadata hold it for writing, readers for reading.
+    ns: RwLock<()>,
+    /// Unlinked inodes still referenced by the client; freed at their last forget.
+    orphans: Mutex<HashSet<Ino>>,
+    /// Superblock fields that change while mounted.
+    sb_live: Mutex<SbLive>,
+}
+
+/// Superblock fields kept up to date in memory and written at each commit.
+#[derive(Clone, Copy, Debug, Default)]
+struct SbLive {
+    last_orphan: u32,
 }
 
 impl Fs {
-    /// Mount the image on `dev`. The error is a sentence for the user.
-    pub fn mount(
-        dev: Arc<dyn BlockDevice>,
-        _opts: &MountOptions,
-    ) -> std::result::Result<Fs, String> {
-        Ok(Fs { dev })
+    pub fn block_size(&self) -> u32 {
+        self.block_size
     }
 
-    /// True when every mutating operation answers `EROFS`.
-    pub fn is_read_only(&self) -> bool {
-        true
+    fn ns_write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.ns.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Find `name` in directory `parent`; counts one lookup reference on the result.
-    pub fn lookup(&self, _parent: Ino, _name: &[u8]) -> Result<Attr> {
-        Err(Errno::ENOSYS)
+    fn ns_read(&self) -> RwLockReadGuard<'_, ()> {
+        self.ns.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drop `nlookup` lookup references taken by lookup/create/readdirplus.
-    pub fn forget(&self, _ino: Ino, _nlookup: u64) {}
-
-    pub fn getattr(&self, _ino: Ino) -> Result<Attr> {
-        Err(Errno::ENOSYS)
+    /// Read one metadata block through the cache.
+    fn read_meta_block(&self, block: u64) -> Result<Arc<[u8]>> {
+        if let Some(b) = self.cache.get(block) {
+            return Ok(b);
+        }
+        let mut buf = vec![0u8; self.block_size as usize];
+        self.read_blocks_into(block, &mut buf)?;
+        let data: Arc<[u8]> = Arc::from(buf);
+        self.cache.insert_clean(block, data.clone());
+        Ok(data)
     }
 
-    /// Open a file; `flags` are the `open(2)` flags. Returns a file handle.
-    pub fn open(&self, _ino: Ino, _flags: u32) -> Result<u64> {
-        Err(Errno::ENOSYS)
+    /// Read whole blocks starting at `block` straight from the device into `buf`.
+    fn read_blocks_into(&self, block: u64, buf: &mut [u8]) -> Result<()> {
+        let nblocks = buf.len().div_ceil(self.block_size as usize) as u64;
+        if block
+            .checked_add(nblocks)
+            .is_none_or(|end| end > self.sb.blocks_count)
+        {
+            return Err(crate::corrupt!(
+                "block {block} (+{nblocks}) is beyond the end of the file system ({} blocks)",
+                self.sb.blocks_count
+            ));
+        }
+        self.dev
+            .read_at(buf, block * self.block_size as u64)
+            .map_err(|e| {
+                log::error!("I/O error reading block {block}: {e}");
+                Errno::EIO
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;
+#[cfg(test)]
+mod write_tests;
+
+impl MetaIo for Fs {
+    fn read_meta(&self, block: u64) -> Result<Arc<[u8]>> {
+        self.read_meta_block(block)
     }
 
-    pub fn release(&self, _ino: Ino, _fh: u64) {}
-
-    /// Read up to `size` bytes at `offset`; short only at end of file.
-    pub fn read(&self, _ino: Ino, _fh: u64, _offset: u64, _size: u32) -> Result<Vec<u8>> {
-        Err(Errno::ENOSYS)
-    }
-
-    /// Open a directory for listing. Returns a directory handle.
-    pub fn opendir(&self, _ino: Ino, _flags: u32) -> Result<u64> {
-        Err(Errno::ENOSYS)
-    }
-
-    /// List entries from cookie `offset` (0 = start, including "." and ".."). `emit` returns false
-    /// when the caller's buffer is full; the entry it refused is not consumed.
-    pub fn readdir(
-        &self,
-        _ino: Ino,
-        _fh: u64,
-        _offset: u64,
-        _emit: &mut dyn FnMut(&DirEntry) -> bool,
-    ) -> Result<()> {
-        Err(Errno::ENOSYS)
-    }
-
-    pub fn releasedir(&self, _ino: Ino, _fh: u64) {}
-
-    pub fn readlink(&self, _ino: Ino) -> Result<Vec<u8>> {
-        Err(Errno::ENOSYS)
-    }
-
-    pub fn statfs(&self) -> Result<StatFs> {
-        Err(Errno::ENOSYS)
-    }
-
-    /// The value of xattr `name` (full name, e.g. `user.foo`).
-    pub fn getxattr(&self, _ino: Ino, _name: &[u8]) -> Result<Vec<u8>> {
-        Err(Errno::ENOSYS)
-    }
-
-    /// All xattr names, each NUL-terminated, concatenated.
-    pub fn listxattr(&self, _ino: Ino) -> Result<Vec<u8>> {
-        Err(Errno::ENOSYS)
-    }
-
-    /// SEEK_DATA / SEEK_HOLE (and SEEK_SET/SEEK_CUR/SEEK_END for completeness).
-    pub fn lseek(&self, _ino: Ino, _offset: u64, _whence: u32) -> Result<u64> {
-        Err(Errno::ENOSYS)
-    }
-
-    /// `access(2)`: check `mask` (R_OK|W_OK|X_OK, or F_OK) for `ctx`.
-    pub fn access(&self, _ino: Ino, _mask: u32, _ctx: &Ctx) -> Result<()> {
-        Err(Errno::ENOSYS)
-    }
-
-    /// Flush everything to the device (unmount / DESTROY).
-    pub fn sync(&self) -> Result<()> {
-        Ok(())
+    fn write_meta(&self, block: u64, data: Vec<u8>) {
+        self.cache.put_dirty(block, Arc::from(data));
     }
 }

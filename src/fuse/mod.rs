@@ -1,2 +1,11 @@
 //! The FUSE protocol layer: ABI structs, request decoding, reply encoding, dispatch to `fs`, and the
 //! `/dev/fuse` transport. The dispatcher knows nothing of the transport.
+
+pub mod abi;
+pub mod devfuse;
+pub mod dispatch;
+pub mod reply;
+pub mod request;
+
+pub use devfuse::{DevFuse, MountConfig, mount, unmount};
+pub use dispatch::{DispatchOptions, Dispatcher, Transport};

@@ -1,1 +1,109 @@
-
+//! Extended attribute entries in the inode body and in xattr blocks, name prefixes, block checksums.
+use super::csum::crc32c_raw;
+use super::le::{u16_at, u32_at};
+pub struct XattrEntry {
+    pub index: u8,
+    pub name: Vec<u8>,
+    pub value_offs: u16,
+    pub value_inum: u32,
+    pub value_size: u32,
+    pub hash: u32,
+    pub value: Vec<u8>,
+}
+pub struct XattrBlockHeader;
+const PREFIXES: &[(u8, &[u8])] = &[
+    (1, b"user."),
+    (2, b"system.posix_acl_access"),
+    (3, b"system.posix_acl_default"),
+    (4, b"trusted."),
+    (6, b"security."),
+    (7, b"system."),
+];
+pub fn full_name(i: u8, s: &[u8]) -> Option<Vec<u8>> {
+    let p = PREFIXES.iter().find(|p| p.0 == i)?.1;
+    let mut v = p.to_vec();
+    v.extend_from_slice(s);
+    Some(v)
+}
+pub fn split_name(f: &[u8]) -> Option<(u8, &[u8])> {
+    for (i, p) in PREFIXES {
+        if (*i == 2 || *i == 3) && f == *p {
+            return Some((*i, &[]));
+        }
+    }
+    for (i, p) in PREFIXES {
+        if *i != 2 && *i != 3 && f.starts_with(p) && f.len() > p.len() {
+            return Some((*i, &f[p.len()..]));
+        }
+    }
+    None
+}
+fn entries(r: &[u8], start: usize, base: usize) -> Result<Vec<XattrEntry>, String> {
+    let mut out = Vec::new();
+    let mut off = start;
+    loop {
+        if off + 4 > r.len() {
+            return Err("entry table runs off".into());
+        }
+        if u32_at(r, off) == 0 {
+            break;
+        }
+        if off + 16 > r.len() {
+            return Err("entry runs off".into());
+        }
+        let nl = r[off] as usize;
+        let vo = u16_at(r, off + 2) as usize;
+        let inum = u32_at(r, off + 4);
+        let vs = u32_at(r, off + 8) as usize;
+        if off + 16 + nl > r.len() {
+            return Err("name runs off".into());
+        }
+        let name = r[off + 16..off + 16 + nl].to_vec();
+        let value = if inum == 0 {
+            let s = base + vo;
+            if s + vs > r.len() {
+                return Err("value runs off".into());
+            }
+            r[s..s + vs].to_vec()
+        } else {
+            Vec::new()
+        };
+        out.push(XattrEntry {
+            index: r[off + 1],
+            name,
+            value_offs: vo as u16,
+            value_inum: inum,
+            value_size: vs as u32,
+            hash: u32_at(r, off + 12),
+            value,
+        });
+        off += (16 + nl + 3) & !3;
+    }
+    Ok(out)
+}
+pub fn parse_ibody(r: &[u8]) -> Result<Vec<XattrEntry>, String> {
+    if r.len() < 4 || u32_at(r, 0) != 0xEA02_0000 {
+        return Ok(vec![]);
+    }
+    entries(r, 4, 4)
+}
+pub fn parse_block(b: &[u8]) -> Result<(XattrBlockHeader, Vec<XattrEntry>), String> {
+    if u32_at(b, 0) != 0xEA02_0000 {
+        return Err("bad magic".into());
+    }
+    Ok((XattrBlockHeader, entries(b, 32, 0)?))
+}
+pub fn block_csum_verify(s: u32, n: u64, b: &[u8]) -> bool {
+    let mut c = crc32c_raw(s, &n.to_le_bytes());
+    c = crc32c_raw(c, &b[..16]);
+    c = crc32c_raw(c, &[0; 4]);
+    c = crc32c_raw(c, &b[20..]);
+    c == u32_at(b, 16)
+}
+pub fn block_csum_set(s: u32, n: u64, b: &mut [u8]) {
+    let mut c = crc32c_raw(s, &n.to_le_bytes());
+    c = crc32c_raw(c, &b[..16]);
+    c = crc32c_raw(c, &[0; 4]);
+    c = crc32c_raw(c, &b[20..]);
+    super::le::put_u32(b, 16, c);
+}

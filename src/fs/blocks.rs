@@ -1,0 +1,179 @@
+//! Changing which blocks an inode owns: mapping new blocks and truncating, with `i_blocks` kept
+//! exact. Extent-mapped inodes only; inodes with indirect maps are read-only for growth.
+//!
+//! Lock order: callers hold the file system's namespace write lock; allocation and the buffer
+//! cache take their own short internal locks below it.
+
+use super::Fs;
+use super::types::Ino;
+use crate::alloc::MetaIo;
+use crate::errno::{Errno, Result};
+use crate::extent::{ExtentIo, ExtentTree};
+use crate::ondisk::extent::{self, Extent};
+use crate::ondisk::inode::{self, Inode, flags};
+use std::cell::Cell;
+use std::sync::Arc;
+
+/// Extent node I/O for one inode: checksums with the inode's seed, allocation through the fs
+/// allocator, and a count of node blocks gained or lost for `i_blocks`.
+pub(super) struct NodeIo<'a> {
+    fs: &'a Fs,
+    ino: Ino,
+    seed: u32,
+    pub delta: Cell<i64>,
+}
+
+impl<'a> NodeIo<'a> {
+    pub(super) fn new(fs: &'a Fs, ino: Ino, inode: &Inode) -> NodeIo<'a> {
+        NodeIo {
+            fs,
+            ino,
+            seed: fs.inode_seed(ino, inode),
+            delta: Cell::new(0),
+        }
+    }
+}
+
+impl ExtentIo for NodeIo<'_> {
+    fn read_node(&self, block: u64) -> Result<Vec<u8>> {
+        let b = self.fs.read_meta_block(block)?;
+        if self.fs.sb.has_metadata_csum() && !extent::checksum_ok(self.seed, &b) {
+            return Err(crate::corrupt!(
+                "inode {}: extent block {block} checksum mismatch",
+                self.ino
+            ));
+        }
+        Ok(b.to_vec())
+    }
+
+    fn write_node(&self, block: u64, mut data: Vec<u8>) -> Result<()> {
+        if self.fs.sb.has_metadata_csum() {
+            extent::set_checksum(self.seed, &mut data);
+        }
+        self.fs.write_meta(block, data);
+        Ok(())
+    }
+
+    fn alloc_node(&self, goal: u64) -> Result<u64> {
+        let (b, _) = self.fs.alloc.alloc_blocks(self.fs, goal, 1)?;
+        self.delta.set(self.delta.get() + 1);
+        Ok(b)
+    }
+
+    fn free_node(&self, block: u64) -> Result<()> {
+        self.fs.cache.revoke(block);
+        self.fs.alloc.free_blocks(self.fs, block, 1)?;
+        self.delta.set(self.delta.get() - 1);
+        Ok(())
+    }
+}
+
+/// The current time as ext4 stores it.
+pub(super) fn now() -> (i64, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos())
+}
+
+impl Fs {
+    /// Write an in-core inode back into its inode table block (in the running transaction).
+    pub(super) fn store_inode(&self, ino: Ino, inode: &Inode) -> Result<()> {
+        let (block, off) = self.inode_location(ino)?;
+        let mut data = self.read_meta_block(block)?.to_vec();
+        let isz = self.sb.inode_size as usize;
+        let raw = &mut data[off..off + isz];
+        inode.write_into(raw);
+        if self.sb.has_metadata_csum() {
+            inode::set_inode_checksum(self.inode_seed(ino, inode), raw);
+        }
+        self.write_meta(block, data);
+        Ok(())
+    }
+
+    fn adjust_blocks(&self, inode: &mut Inode, blocks: i64) {
+        let per = (self.block_size / 512) as i64;
+        inode.blocks_raw = (inode.blocks_raw as i64 + blocks * per).max(0) as u64;
+    }
+
+    fn require_extents(&self, ino: Ino, inode: &Inode) -> Result<()> {
+        if inode.has_flag(flags::EXTENTS) {
+            Ok(())
+        } else {
+            log::warn!("inode {ino} uses an indirect block map; growing it is not supported");
+            Err(Errno::EOPNOTSUPP)
+        }
+    }
+
+    /// Allocate and map one block at `lblk` (which must be a hole). Returns the physical block.
+    pub(super) fn map_new_block(
+        &self,
+        ino: Ino,
+        inode: &mut Inode,
+        lblk: u32,
+        goal: u64,
+    ) -> Result<u64> {
+        self.require_extents(ino, inode)?;
+        let (pblk, _) = self.alloc.alloc_blocks(self, goal, 1)?;
+        let io = NodeIo::new(self, ino, inode);
+        let mut root = inode.block;
+        let r = ExtentTree::new(&mut root, &io, self.block_size, ino).insert(Extent {
+            lblk,
+            len: 1,
+            pblk,
+            unwritten: false,
+        });
+        if let Err(e) = r {
+            self.alloc.free_blocks(self, pblk, 1)?;
+            return Err(e);
+        }
+        inode.block = root;
+        self.adjust_blocks(inode, 1 + io.delta.get());
+        Ok(pblk)
+    }
+
+    /// Free every block mapped at or after logical block `from` (truncate).
+    pub(super) fn truncate_blocks(&self, ino: Ino, inode: &mut Inode, from: u64) -> Result<()> {
+        if inode.has_flag(flags::INLINE_DATA) {
+            return Ok(());
+        }
+        if !inode.has_flag(flags::EXTENTS) {
+            // Fast symlinks and device nodes own no blocks; anything else with an indirect map
+            // cannot be shrunk here.
+            if inode.blocks_raw == 0 || inode.is_symlink() {
+                return Ok(());
+            }
+            return self.require_extents(ino, inode);
+        }
+        let io = NodeIo::new(self, ino, inode);
+        let mut root = inode.block;
+        let freed = ExtentTree::new(&mut root, &io, self.block_size, ino)
+            .remove(from.min(u32::MAX as u64) as u32, 1 << 32)?;
+        inode.block = root;
+        let mut n = 0i64;
+        for (p, len) in freed {
+            for b in p..p + len as u64 {
+                // Directory and symlink blocks are metadata: later replay must not resurrect them.
+                self.cache.revoke(b);
+            }
+            self.alloc.free_blocks(self, p, len)?;
+            n += len as i64;
+        }
+        self.adjust_blocks(inode, io.delta.get() - n);
+        Ok(())
+    }
+
+    /// A fresh copy of a metadata block to modify.
+    pub(super) fn block_for_write(&self, block: u64) -> Result<Vec<u8>> {
+        Ok(self.read_meta_block(block)?.to_vec())
+    }
+
+    /// A zeroed buffer for a block that is new metadata (its old contents do not matter).
+    pub(super) fn new_block_buf(&self) -> Vec<u8> {
+        vec![0u8; self.block_size as usize]
+    }
+
+    pub(super) fn put_block(&self, block: u64, data: Vec<u8>) {
+        self.cache.put_dirty(block, Arc::from(data));
+    }
+}

@@ -1,0 +1,64 @@
+//! The on-disk orphan list: unlinked inodes still in use are chained from `s_last_orphan`
+//! through their `i_dtime` field, so e2fsck (or our next mount) frees them after a crash.
+
+use super::Fs;
+use super::types::Ino;
+use crate::errno::Result;
+use crate::ondisk::inode::Inode;
+
+impl Fs {
+    /// Put `ino` at the head of the orphan list.
+    pub(super) fn orphan_add(&self, ino: Ino, i: &mut Inode) -> Result<()> {
+        let mut live = self.sb_live.lock().unwrap_or_else(|e| e.into_inner());
+        i.dtime = live.last_orphan;
+        live.last_orphan = ino as u32;
+        drop(live);
+        self.store_inode(ino, i)?;
+        self.write_superblock(false)
+    }
+
+    /// Unlink `ino` from the orphan list (before freeing it).
+    pub(super) fn orphan_del(&self, ino: Ino, i: &Inode) -> Result<()> {
+        let next = i.dtime;
+        let mut live = self.sb_live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.last_orphan as Ino == ino {
+            live.last_orphan = next;
+            drop(live);
+            return self.write_superblock(false);
+        }
+        let mut cur = live.last_orphan as Ino;
+        drop(live);
+        let mut steps = 0;
+        while cur != 0 && steps < self.sb.inodes_count {
+            let mut c = self.read_inode(cur)?;
+            if c.dtime as Ino == ino {
+                c.dtime = next;
+                return self.store_inode(cur, &c);
+            }
+            cur = c.dtime as Ino;
+            steps += 1;
+        }
+        log::warn!("inode {ino} was not on the orphan list");
+        Ok(())
+    }
+
+    /// The client dropped its last reference to an unlinked inode: free it.
+    pub(super) fn reap_if_orphan(&self, ino: Ino) {
+        let was = self
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+        if !was {
+            return;
+        }
+        let _g = self.ns_write();
+        let r = self.read_inode(ino).and_then(|mut i| {
+            self.orphan_del(ino, &i)?;
+            self.free_inode(ino, &mut i)
+        });
+        if let Err(e) = r {
+            log::error!("freeing unlinked inode {ino} failed: {e}");
+        }
+    }
+}

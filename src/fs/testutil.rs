@@ -1,0 +1,97 @@
+//! Helpers shared by the engine's tests: images made by mke2fs, mounting, listing, e2fsck.
+
+use super::*;
+use crate::blockdev::FileDevice;
+use std::path::Path;
+use std::process::Command;
+
+pub(super) fn mkfs(src: &Path, img: &Path, opts: &[&str], size: &str) {
+    // An optional leading "hash=ALG" picks the directory hash through a private mke2fs.conf.
+    let (conf, opts) = match opts.first().and_then(|o| o.strip_prefix("hash=")) {
+        Some(alg) => {
+            let conf = img.with_extension("conf");
+            std::fs::write(&conf, format!("[defaults]\n\thash_alg = {alg}\n")).unwrap();
+            (Some(conf), &opts[1..])
+        }
+        None => (None, opts),
+    };
+    let mut cmd = Command::new("mke2fs");
+    if let Some(c) = &conf {
+        cmd.env("MKE2FS_CONFIG", c);
+    }
+    let out = cmd
+        .args(["-q", "-F"])
+        .args(opts)
+        .arg("-d")
+        .arg(src)
+        .arg(img)
+        .arg(size)
+        .output()
+        .expect("mke2fs (e2fsprogs) is required for these tests");
+    assert!(
+        out.status.success(),
+        "mke2fs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // mke2fs -d writes linear directories; e2fsck -D indexes every directory larger than a block.
+    let out = Command::new("e2fsck")
+        .args(["-fyD"])
+        .arg(img)
+        .output()
+        .expect("e2fsck is required");
+    assert!(
+        out.status.code().is_some_and(|c| c <= 1),
+        "e2fsck -fyD: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(img)
+        .output()
+        .expect("e2fsck is required");
+    assert!(
+        out.status.success(),
+        "e2fsck -fn: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+pub(super) fn mount(img: &Path) -> Fs {
+    let dev = FileDevice::open(img, true).unwrap();
+    Fs::mount(Arc::new(dev), &MountOptions::default()).unwrap()
+}
+
+pub(super) fn walk(fs: &Fs, dir: Ino) -> Vec<(Vec<u8>, Ino)> {
+    let fh = fs.opendir(dir, 0).unwrap();
+    let mut v = Vec::new();
+    fs.readdir(dir, fh, 0, &mut |e| {
+        v.push((e.name.clone(), e.ino));
+        true
+    })
+    .unwrap();
+    fs.releasedir(dir, fh);
+    v
+}
+
+/// Mount writable (the image must be made without a journal).
+pub(super) fn mount_rw(img: &Path) -> Fs {
+    let dev = FileDevice::open(img, false).unwrap();
+    let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only: false }).unwrap();
+    assert!(!fs.is_read_only(), "the image should mount writable");
+    fs
+}
+
+/// e2fsck -fn must find nothing to fix.
+pub(super) fn e2fsck_clean(img: &Path) {
+    let out = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(img)
+        .output()
+        .expect("e2fsck is required");
+    assert!(
+        out.status.success(),
+        "e2fsck -fn found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

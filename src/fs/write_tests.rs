@@ -1,0 +1,269 @@
+//! Namespace changes on journal-less images: after a clean shutdown e2fsck finds nothing to fix
+//! and the kernel's ext4 shows exactly the tree the workload expects.
+
+use super::testutil::*;
+use super::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+fn ctx() -> Ctx {
+    Ctx {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    }
+}
+
+/// The tree as the kernel sees it: path → (kind, link target).
+fn kernel_tree(img: &Path) -> BTreeMap<String, String> {
+    let mnt = img.with_extension("kmnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(img)
+        .arg(&mnt)
+        .status()
+        .expect("mount(8) is required");
+    assert!(
+        st.success(),
+        "the kernel refused to mount the image (loop devices and root are required)"
+    );
+    let mut out = BTreeMap::new();
+    let mut stack = vec![mnt.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(&mnt).unwrap().to_string_lossy().to_string();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let kind = if md.is_dir() {
+                stack.push(p.clone());
+                "d".to_string()
+            } else if md.file_type().is_symlink() {
+                format!("l:{}", std::fs::read_link(&p).unwrap().to_string_lossy())
+            } else {
+                format!("f:{}", std::os::unix::fs::MetadataExt::nlink(&md))
+            };
+            out.insert(rel, kind);
+        }
+    }
+    Command::new("umount").arg(&mnt).status().unwrap();
+    out
+}
+
+fn new_image(dir: &Path, opts: &[&str]) -> std::path::PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = dir.join(format!(
+        "img-{}",
+        opts.join("_").replace(['/', ' ', ','], "-")
+    ));
+    let mut all = vec!["-O", "^has_journal"];
+    all.extend_from_slice(opts);
+    mkfs(&src, &img, &all, "64M");
+    img
+}
+
+#[test]
+fn namespace_workload_is_clean_and_kernel_readable() {
+    let t = tempfile::tempdir().unwrap();
+    for opts in [
+        &["-t", "ext4", "-b", "4096"][..],
+        &["-t", "ext4", "-b", "1024", "-O", "^metadata_csum,^64bit"],
+        &["-t", "ext4", "-b", "1024", "-O", "large_dir"],
+    ] {
+        let img = new_image(t.path(), opts);
+        let fs = mount_rw(&img);
+        let mut expect: BTreeMap<String, String> = BTreeMap::new();
+        expect.insert("lost+found".into(), "d".into());
+        // A directory grown past one block (linear → htree, leaf and index splits).
+        let big = fs.mkdir(ROOT_INO, b"big", 0o755, &ctx()).unwrap();
+        expect.insert("big".into(), "d".into());
+        let n = 3000;
+        for i in 0..n {
+            let name = format!("entry-with-a-fairly-long-name-{i:06}");
+            fs.mknod(big.ino, name.as_bytes(), libc::S_IFREG | 0o644, 0, &ctx())
+                .unwrap();
+            expect.insert(format!("big/{name}"), "f:1".into());
+        }
+        for i in (0..n).step_by(3) {
+            let name = format!("entry-with-a-fairly-long-name-{i:06}");
+            fs.unlink(big.ino, name.as_bytes()).unwrap();
+            expect.remove(&format!("big/{name}"));
+        }
+        assert_eq!(
+            fs.mknod(
+                big.ino,
+                b"entry-with-a-fairly-long-name-000001",
+                libc::S_IFREG,
+                0,
+                &ctx()
+            ),
+            Err(Errno::EEXIST)
+        );
+        // Deep tree, symlinks, hard links, renames.
+        let mut parent = ROOT_INO;
+        let mut path = String::new();
+        for d in 0..20 {
+            let name = format!("d{d}");
+            parent = fs
+                .mkdir(parent, name.as_bytes(), 0o700, &ctx())
+                .unwrap()
+                .ino;
+            path = if path.is_empty() {
+                name
+            } else {
+                format!("{path}/{name}")
+            };
+            expect.insert(path.clone(), "d".into());
+        }
+        let f = fs
+            .mknod(ROOT_INO, b"file", libc::S_IFREG | 0o600, 0, &ctx())
+            .unwrap();
+        fs.link(f.ino, parent, b"hardlink").unwrap();
+        expect.insert("file".into(), "f:2".into());
+        expect.insert(format!("{path}/hardlink"), "f:2".into());
+        fs.symlink(ROOT_INO, b"short", b"file", &ctx()).unwrap();
+        let long = "t/".repeat(150);
+        fs.symlink(ROOT_INO, b"long", long.as_bytes(), &ctx())
+            .unwrap();
+        expect.insert("short".into(), "l:file".into());
+        expect.insert("long".into(), format!("l:{long}"));
+        fs.rename(ROOT_INO, b"d0", big.ino, b"moved", 0).unwrap();
+        let moved: Vec<(String, String)> = expect
+            .iter()
+            .filter(|(k, _)| k.as_str() == "d0" || k.starts_with("d0/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in moved {
+            expect.remove(&k);
+            expect.insert(format!("big/moved{}", &k[2..]), v);
+        }
+        // A directory cannot move below itself.
+        let moved_ino = fs.lookup(big.ino, b"moved").unwrap().ino;
+        let d1 = fs.lookup(moved_ino, b"d1").unwrap().ino;
+        assert_eq!(
+            fs.rename(big.ino, b"moved", d1, b"x", 0),
+            Err(Errno::EINVAL)
+        );
+        // Exchange a file and a directory across directories.
+        fs.mkdir(ROOT_INO, b"xdir", 0o755, &ctx()).unwrap();
+        fs.rename(
+            ROOT_INO,
+            b"xdir",
+            big.ino,
+            b"entry-with-a-fairly-long-name-000002",
+            RENAME_EXCHANGE,
+        )
+        .unwrap();
+        expect.insert("xdir".into(), "f:1".into());
+        expect.insert(
+            "big/entry-with-a-fairly-long-name-000002".into(),
+            "d".into(),
+        );
+        // Rename over an existing file, NOREPLACE refusal, rmdir rules.
+        fs.rename(
+            big.ino,
+            b"entry-with-a-fairly-long-name-000004",
+            big.ino,
+            b"entry-with-a-fairly-long-name-000005",
+            0,
+        )
+        .unwrap();
+        expect.remove("big/entry-with-a-fairly-long-name-000004");
+        assert_eq!(
+            fs.rename(
+                big.ino,
+                b"entry-with-a-fairly-long-name-000005",
+                big.ino,
+                b"entry-with-a-fairly-long-name-000007",
+                RENAME_NOREPLACE
+            ),
+            Err(Errno::EEXIST)
+        );
+        assert_eq!(fs.rmdir(ROOT_INO, b"big"), Err(Errno::ENOTEMPTY));
+        fs.mkdir(ROOT_INO, b"gone", 0o755, &ctx()).unwrap();
+        fs.rmdir(ROOT_INO, b"gone").unwrap();
+        // setattr: mode, owner, times; truncate of an empty file up (a hole) and down.
+        let a = fs
+            .setattr(
+                f.ino,
+                &SetAttr {
+                    mode: Some(0o4711),
+                    uid: Some(1000),
+                    gid: Some(100),
+                    size: Some(1 << 20),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (a.mode & 0o7777, a.uid, a.gid, a.size),
+            (0o4711, 1000, 100, 1 << 20)
+        );
+        assert_eq!(fs.read(f.ino, 0, 4096, 16).unwrap(), vec![0u8; 16]);
+        fs.setattr(
+            f.ino,
+            &SetAttr {
+                size: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // An unlinked file still looked up survives until its last forget.
+        let held = fs
+            .mknod(ROOT_INO, b"held", libc::S_IFREG | 0o644, 0, &ctx())
+            .unwrap();
+        fs.unlink(ROOT_INO, b"held").unwrap();
+        assert_eq!(fs.getattr(held.ino).unwrap().nlink, 0);
+        fs.forget(held.ino, 1);
+        fs.shutdown().unwrap();
+        drop(fs);
+        e2fsck_clean(&img);
+        let got = kernel_tree(&img);
+        assert_eq!(got.len(), expect.len(), "{opts:?}: entry count");
+        for (k, v) in &expect {
+            assert_eq!(got.get(k), Some(v), "{opts:?}: {k}");
+        }
+        // Our own read path sees the same after a remount.
+        let fs = mount(&img);
+        let b = fs.lookup(ROOT_INO, b"big").unwrap();
+        assert_eq!(
+            walk(&fs, b.ino).len(),
+            expect
+                .keys()
+                .filter(|k| k.starts_with("big/") && k.matches('/').count() == 1)
+                .count()
+                + 2
+        );
+    }
+}
+
+#[test]
+fn filling_the_inode_table_gives_enospc_and_stays_clean() {
+    let t = tempfile::tempdir().unwrap();
+    let img = new_image(t.path(), &["-t", "ext4", "-N", "256"]);
+    let fs = mount_rw(&img);
+    let mut made = 0;
+    loop {
+        match fs.mknod(
+            ROOT_INO,
+            format!("f{made}").as_bytes(),
+            libc::S_IFREG | 0o644,
+            0,
+            &ctx(),
+        ) {
+            Ok(_) => made += 1,
+            Err(e) => {
+                assert_eq!(e, Errno::ENOSPC);
+                break;
+            }
+        }
+    }
+    assert!(made > 200, "only {made} inodes");
+    assert_eq!(fs.statfs().unwrap().ffree, 0);
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+}

@@ -1,0 +1,129 @@
+//! Extended attributes: in-inode and in-block entries, values stored in EA inodes, and POSIX ACLs
+//! converted from ext4's on-disk form to the `system.posix_acl_*` xattr form.
+
+use super::Fs;
+use super::types::Ino;
+use crate::errno::{Errno, Result};
+use crate::ondisk::acl;
+use crate::ondisk::inode::{Inode, flags};
+use crate::ondisk::xattr::{self as xa, XattrEntry};
+
+const INDEX_ACL_ACCESS: u8 = 2;
+const INDEX_ACL_DEFAULT: u8 = 3;
+const INDEX_SYSTEM: u8 = 7;
+
+impl Fs {
+    /// Every xattr entry of an inode: those in the inode body first, then the xattr block's.
+    fn xattr_entries(&self, ino: Ino, inode: &Inode) -> Result<Vec<XattrEntry>> {
+        let mut out = xa::parse_ibody(inode.ibody_xattr_region())
+            .map_err(|e| crate::corrupt!("inode {ino}: in-inode xattrs: {e}"))?;
+        if inode.file_acl != 0 {
+            let blk = inode.file_acl;
+            if blk < self.sb.first_data_block as u64 || blk >= self.sb.blocks_count {
+                return Err(crate::corrupt!(
+                    "inode {ino}: xattr block {blk} lies outside the file system"
+                ));
+            }
+            let data = self.read_meta_block(blk)?;
+            if self.sb.has_metadata_csum() && !xa::block_csum_verify(self.csum_seed, blk, &data) {
+                return Err(crate::corrupt!(
+                    "inode {ino}: xattr block {blk} checksum mismatch"
+                ));
+            }
+            let (_hdr, entries) = xa::parse_block(&data)
+                .map_err(|e| crate::corrupt!("inode {ino}: xattr block {blk}: {e}"))?;
+            out.extend(entries);
+        }
+        Ok(out)
+    }
+
+    /// The value of one entry, fetching it from its EA inode when it lives there.
+    fn xattr_value(&self, ino: Ino, e: &XattrEntry) -> Result<Vec<u8>> {
+        if e.value_inum == 0 {
+            return Ok(e.value.clone());
+        }
+        let vino = e.value_inum as Ino;
+        let vinode = self.read_inode(vino)?;
+        if !vinode.has_flag(flags::EA_INODE) || vinode.size != e.value_size as u64 {
+            return Err(crate::corrupt!(
+                "inode {ino}: xattr value inode {vino} is not a matching EA inode"
+            ));
+        }
+        self.read_data(vino, &vinode, 0, e.value_size)
+    }
+
+    /// The `system.data` value of an inline-data inode (the part of the data past `i_block`).
+    pub(super) fn inline_xattr(&self, ino: Ino, inode: &Inode) -> Result<Vec<u8>> {
+        let entries = xa::parse_ibody(inode.ibody_xattr_region())
+            .map_err(|e| crate::corrupt!("inode {ino}: in-inode xattrs: {e}"))?;
+        match entries
+            .into_iter()
+            .find(|e| e.index == INDEX_SYSTEM && e.name == b"data")
+        {
+            Some(e) => Ok(e.value),
+            None => Err(crate::corrupt!(
+                "inode {ino}: inline data flag set but no system.data attribute"
+            )),
+        }
+    }
+
+    pub(super) fn get_xattr(&self, ino: Ino, inode: &Inode, name: &[u8]) -> Result<Vec<u8>> {
+        let Some((index, suffix)) = xa::split_name(name) else {
+            return Err(Errno::EOPNOTSUPP);
+        };
+        if index == INDEX_SYSTEM {
+            // Internal attributes (system.data) are not visible, as in the kernel.
+            return Err(Errno::EOPNOTSUPP);
+        }
+        for e in self.xattr_entries(ino, inode)? {
+            if e.index == index && e.name == suffix {
+                let v = self.xattr_value(ino, &e)?;
+                if index == INDEX_ACL_ACCESS || index == INDEX_ACL_DEFAULT {
+                    return acl::disk_to_xattr(&v)
+                        .map_err(|m| crate::corrupt!("inode {ino}: ACL: {m}"));
+                }
+                return Ok(v);
+            }
+        }
+        Err(Errno::ENODATA)
+    }
+
+    /// All visible names, NUL-terminated and concatenated.
+    pub(super) fn list_xattr(&self, ino: Ino, inode: &Inode) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for e in self.xattr_entries(ino, inode)? {
+            if e.index == INDEX_SYSTEM {
+                continue;
+            }
+            if let Some(full) = xa::full_name(e.index, &e.name) {
+                out.extend_from_slice(&full);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Fs {
+    /// Drop an inode's reference to its xattr block, freeing the block with the last one.
+    pub(super) fn release_xattr_block(&self, ino: Ino, i: &mut Inode) -> Result<()> {
+        let blk = i.file_acl;
+        let mut data = self.block_for_write(blk)?;
+        let refs = crate::ondisk::le::u32_at(&data, 4);
+        if refs <= 1 {
+            self.cache.revoke(blk);
+            self.alloc.free_blocks(self, blk, 1)?;
+        } else {
+            crate::ondisk::le::put_u32(&mut data, 4, refs - 1);
+            if self.sb.has_metadata_csum() {
+                xa::block_csum_set(self.csum_seed, blk, &mut data);
+            }
+            self.put_block(blk, data);
+        }
+        let per = (self.block_size / 512) as u64;
+        i.blocks_raw = i.blocks_raw.saturating_sub(per);
+        i.file_acl = 0;
+        let _ = ino;
+        Ok(())
+    }
+}
