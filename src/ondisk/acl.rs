@@ -27,3 +27,40 @@ pub fn disk_to_xattr(d: &[u8]) -> Result<Vec<u8>, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_short_and_long_entries() {
+        // version 1; USER_OBJ rw-; USER 1000 rwx; GROUP_OBJ r--; MASK rwx; OTHER ---.
+        let mut d = 1u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 6u16, None),
+            (2, 7, Some(1000u32)),
+            (4, 4, None),
+            (0x10, 7, None),
+            (0x20, 0, None),
+        ] {
+            d.extend_from_slice(&tag.to_le_bytes());
+            d.extend_from_slice(&perm.to_le_bytes());
+            if let Some(id) = id {
+                d.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+        let x = disk_to_xattr(&d).unwrap();
+        assert_eq!(u32_at(&x, 0), 2);
+        assert_eq!(x.len(), 4 + 5 * 8);
+        assert_eq!(
+            (u16_at(&x, 4), u16_at(&x, 6), u32_at(&x, 8)),
+            (1, 6, u32::MAX)
+        );
+        assert_eq!(
+            (u16_at(&x, 12), u16_at(&x, 14), u32_at(&x, 16)),
+            (2, 7, 1000)
+        );
+        assert!(disk_to_xattr(&[2, 0, 0, 0]).is_err());
+        assert!(disk_to_xattr(&d[..d.len() - 2]).is_err());
+    }
+}

@@ -107,3 +107,62 @@ pub fn block_csum_set(s: u32, n: u64, b: &mut [u8]) {
     c = crc32c_raw(c, &b[20..]);
     super::le::put_u32(b, 16, c);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ondisk::le::{put_u16, put_u32};
+
+    fn entry(
+        r: &mut [u8],
+        off: usize,
+        index: u8,
+        name: &[u8],
+        value_offs: u16,
+        size: u32,
+    ) -> usize {
+        r[off] = name.len() as u8;
+        r[off + 1] = index;
+        put_u16(r, off + 2, value_offs);
+        put_u32(r, off + 8, size);
+        r[off + 16..off + 16 + name.len()].copy_from_slice(name);
+        off + ((16 + name.len() + 3) & !3)
+    }
+
+    #[test]
+    fn parses_ibody_and_block() {
+        let mut r = vec![0u8; 96];
+        put_u32(&mut r, 0, 0xEA02_0000);
+        let next = entry(&mut r, 4, 1, b"color", 60, 4);
+        assert_eq!(next, 4 + 24);
+        // Values in the ibody are relative to the first entry (byte 4).
+        r[64..68].copy_from_slice(b"blue");
+        let v = parse_ibody(&r).unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (v[0].index, v[0].name.as_slice(), v[0].value.as_slice()),
+            (1, &b"color"[..], &b"blue"[..])
+        );
+        assert_eq!(full_name(1, b"color").unwrap(), b"user.color");
+        assert_eq!(split_name(b"user.color"), Some((1, &b"color"[..])));
+        assert_eq!(split_name(b"system.posix_acl_access"), Some((2, &b""[..])));
+        assert_eq!(split_name(b"system.data"), Some((7, &b"data"[..])));
+        assert_eq!(split_name(b"bogus.x"), None);
+        // A value pointing outside the region is refused, not read.
+        put_u16(&mut r, 6, 90);
+        assert!(parse_ibody(&r).is_err());
+        // Block form with a checksum.
+        let mut b = vec![0u8; 1024];
+        put_u32(&mut b, 0, 0xEA02_0000);
+        put_u32(&mut b, 4, 1);
+        put_u32(&mut b, 8, 1);
+        entry(&mut b, 32, 4, b"t", 1000, 3);
+        b[1000..1003].copy_from_slice(b"abc");
+        block_csum_set(9, 42, &mut b);
+        assert!(block_csum_verify(9, 42, &b));
+        assert!(!block_csum_verify(9, 43, &b));
+        let (_, v) = parse_block(&b).unwrap();
+        assert_eq!(v[0].value, b"abc");
+        assert!(parse_block(&[0u8; 64]).is_err());
+    }
+}
