@@ -2,9 +2,11 @@
 
 mod file;
 mod mem;
+pub mod record;
 
 pub use file::FileDevice;
 pub use mem::MemDevice;
+pub use record::RecordingDevice;
 
 use std::io;
 
