@@ -83,6 +83,11 @@ impl Fs {
         let mut data = self.read_meta_block(block)?.to_vec();
         let isz = self.sb.inode_size as usize;
         let raw = &mut data[off..off + isz];
+        // The in-inode xattr area travels in `inode.raw` (read with the inode, changed by setxattr).
+        let ibody = 128 + inode.extra_isize as usize;
+        if inode.raw.len() == isz && isz > ibody {
+            raw[ibody..].copy_from_slice(&inode.raw[ibody..]);
+        }
         inode.write_into(raw);
         if self.sb.has_metadata_csum() {
             inode::set_inode_checksum(self.inode_seed(ino, inode), raw);

@@ -2,6 +2,7 @@
 //! and the kernel's ext4 shows exactly the tree the workload expects.
 
 use super::testutil::*;
+use super::xattr::{XATTR_CREATE, XATTR_REPLACE};
 use super::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -266,4 +267,108 @@ fn filling_the_inode_table_gives_enospc_and_stays_clean() {
     fs.shutdown().unwrap();
     drop(fs);
     e2fsck_clean(&img);
+}
+
+#[test]
+fn xattrs_move_between_inode_and_block_and_stay_clean() {
+    let t = tempfile::tempdir().unwrap();
+    for opts in [
+        &["-t", "ext4", "-b", "4096"][..],
+        &[
+            "-t",
+            "ext4",
+            "-b",
+            "1024",
+            "-I",
+            "256",
+            "-O",
+            "^metadata_csum",
+        ],
+    ] {
+        let img = new_image(t.path(), opts);
+        let fs = mount_rw(&img);
+        let f = fs
+            .mknod(ROOT_INO, b"f", libc::S_IFREG | 0o644, 0, &ctx())
+            .unwrap();
+        let g = fs
+            .mknod(ROOT_INO, b"g", libc::S_IFREG | 0o644, 0, &ctx())
+            .unwrap();
+        fs.setxattr(f.ino, b"user.small", b"v", 0).unwrap();
+        assert_eq!(
+            fs.setxattr(f.ino, b"user.small", b"w", XATTR_CREATE),
+            Err(Errno::EEXIST)
+        );
+        assert_eq!(
+            fs.setxattr(f.ino, b"user.none", b"w", XATTR_REPLACE),
+            Err(Errno::ENODATA)
+        );
+        // Enough values to spill from the inode body into a block.
+        for i in 0..8 {
+            fs.setxattr(
+                f.ino,
+                format!("user.k{i}").as_bytes(),
+                &vec![b'a' + i as u8; 90],
+                0,
+            )
+            .unwrap();
+        }
+        assert_ne!(
+            fs.read_inode(f.ino).unwrap().file_acl,
+            0,
+            "{opts:?}: values spilled to a block"
+        );
+        assert_eq!(fs.getxattr(f.ino, b"user.k7").unwrap(), vec![b'h'; 90]);
+        assert_eq!(
+            fs.setxattr(f.ino, b"user.huge", &vec![0u8; 70_000], 0),
+            Err(Errno::E2BIG)
+        );
+        assert_eq!(
+            fs.setxattr(f.ino, b"user.toolarge", &vec![0u8; 8000], 0),
+            Err(Errno::ENOSPC)
+        );
+        assert_eq!(
+            fs.setxattr(f.ino, b"bogus.x", b"1", 0),
+            Err(Errno::EOPNOTSUPP)
+        );
+        assert_eq!(
+            fs.setxattr(f.ino, &[b'u'; 300], b"1", 0),
+            Err(Errno::ERANGE)
+        );
+        // An ACL in xattr form round-trips through the on-disk form.
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 7, 1000),
+            (4, 4, u32::MAX),
+            (0x10, 7, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&id.to_le_bytes());
+        }
+        fs.setxattr(g.ino, b"system.posix_acl_access", &acl, 0)
+            .unwrap();
+        assert_eq!(fs.getxattr(g.ino, b"system.posix_acl_access").unwrap(), acl);
+        assert_eq!(
+            fs.setxattr(g.ino, b"system.posix_acl_default", &acl, 0),
+            Err(Errno::EACCES)
+        );
+        // Removing everything gives the block back.
+        for i in 0..8 {
+            fs.removexattr(f.ino, format!("user.k{i}").as_bytes())
+                .unwrap();
+        }
+        assert_eq!(fs.read_inode(f.ino).unwrap().file_acl, 0);
+        assert_eq!(fs.removexattr(f.ino, b"user.k0"), Err(Errno::ENODATA));
+        let list = fs.listxattr(f.ino).unwrap();
+        assert_eq!(list, b"user.small\0");
+        // A file with a block is freed with it.
+        fs.setxattr(g.ino, b"user.big", &vec![1u8; 600], 0).unwrap();
+        fs.unlink(ROOT_INO, b"g").unwrap();
+        fs.forget(g.ino, 1);
+        fs.shutdown().unwrap();
+        drop(fs);
+        e2fsck_clean(&img);
+    }
 }

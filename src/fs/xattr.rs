@@ -127,3 +127,125 @@ impl Fs {
         Ok(())
     }
 }
+
+/// `setxattr` flags.
+pub const XATTR_CREATE: u32 = 1;
+pub const XATTR_REPLACE: u32 = 2;
+/// Largest value Linux passes to setxattr.
+const XATTR_SIZE_MAX: usize = 65536;
+
+impl Fs {
+    /// Set xattr `name` to `value` (flags: XATTR_CREATE / XATTR_REPLACE).
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Errno::E2BIG);
+        }
+        self.change_xattr(ino, name, Some(value), flags)
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.change_xattr(ino, name, None, 0)
+    }
+
+    fn change_xattr(&self, ino: Ino, name: &[u8], value: Option<&[u8]>, flags: u32) -> Result<()> {
+        if self.read_only {
+            return Err(Errno::EROFS);
+        }
+        if name.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        if name.len() > 255 {
+            return Err(Errno::ERANGE);
+        }
+        let Some((index, suffix)) = xa::split_name(name) else {
+            return Err(Errno::EOPNOTSUPP);
+        };
+        if index == INDEX_SYSTEM {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let stored: Option<Vec<u8>> = match value {
+            Some(v) if index == INDEX_ACL_ACCESS || index == INDEX_ACL_DEFAULT => {
+                Some(acl::xattr_to_disk(v).map_err(|_| Errno::EINVAL)?)
+            }
+            Some(v) => Some(v.to_vec()),
+            None => None,
+        };
+        let _g = self.ns_write();
+        let mut inode = self.read_inode(ino)?;
+        if index == INDEX_ACL_DEFAULT && !inode.is_dir() && stored.is_some() {
+            return Err(Errno::EACCES);
+        }
+        let current = self.xattr_entries(ino, &inode)?;
+        if current.iter().any(|e| e.value_inum != 0) {
+            log::warn!("inode {ino}: changing xattrs stored in EA inodes is not supported");
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let mut list: Vec<xa::NewEntry> = current
+            .into_iter()
+            .map(|e| (e.index, e.name, e.value))
+            .collect();
+        let pos = list.iter().position(|e| e.0 == index && e.1 == suffix);
+        match (pos, stored) {
+            (Some(_), Some(_)) if flags & XATTR_CREATE != 0 => return Err(Errno::EEXIST),
+            (None, Some(_)) if flags & XATTR_REPLACE != 0 => return Err(Errno::ENODATA),
+            (None, None) => return Err(Errno::ENODATA),
+            (Some(p), Some(v)) => list[p].2 = v,
+            (None, Some(v)) => list.push((index, suffix.to_vec(), v)),
+            (Some(p), None) => {
+                list.remove(p);
+            }
+        }
+        self.store_xattrs(ino, &mut inode, list)?;
+        inode.ctime = super::blocks::now();
+        self.store_inode(ino, &inode)
+    }
+
+    /// Place `list` in the inode body (first, `system.data` always) and the xattr block.
+    fn store_xattrs(&self, ino: Ino, inode: &mut Inode, list: Vec<xa::NewEntry>) -> Result<()> {
+        let start = 128 + inode.extra_isize as usize;
+        let region_len = inode.raw.len().saturating_sub(start);
+        let (mut body, mut rest): (Vec<xa::NewEntry>, Vec<xa::NewEntry>) =
+            list.into_iter().partition(|e| e.0 == INDEX_SYSTEM);
+        let mut spill = Vec::new();
+        for e in rest.drain(..) {
+            body.push(e);
+            if xa::build_ibody(&body, region_len).is_none() {
+                spill.push(body.pop().expect("just pushed"));
+            }
+        }
+        let region = xa::build_ibody(&body, region_len).ok_or(Errno::ENOSPC)?;
+        if region_len > 0 {
+            inode.raw[start..].copy_from_slice(&region);
+        }
+        let bs = self.block_size as usize;
+        if spill.is_empty() {
+            if inode.file_acl != 0 {
+                self.release_xattr_block(ino, inode)?;
+            }
+            return Ok(());
+        }
+        let mut block = xa::build_block(&spill, bs, 1).ok_or(Errno::ENOSPC)?;
+        let old = inode.file_acl;
+        let reuse = old != 0 && crate::ondisk::le::u32_at(&self.read_meta_block(old)?, 4) == 1;
+        let blk = if reuse {
+            old
+        } else {
+            if old != 0 {
+                self.release_xattr_block(ino, inode)?;
+            }
+            let goal = self
+                .alloc
+                .geo
+                .group_first_block(((ino - 1) / self.sb.inodes_per_group as u64) as u32);
+            let (b, _) = self.alloc.alloc_blocks(self, goal, 1)?;
+            inode.blocks_raw += (self.block_size / 512) as u64;
+            inode.file_acl = b;
+            b
+        };
+        if self.sb.has_metadata_csum() {
+            xa::block_csum_set(self.csum_seed, blk, &mut block);
+        }
+        self.put_block(blk, block);
+        Ok(())
+    }
+}

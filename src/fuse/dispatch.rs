@@ -440,10 +440,16 @@ impl Dispatcher {
                     },
                 )))
             }
-            // File data, xattr changes and space management arrive with the data path.
+            Op::Setxattr { arg, name, value } => {
+                fs.setxattr(ino, name, value, arg.flags)?;
+                Ok(Some(reply::empty(unique)))
+            }
+            Op::Removexattr { name } => {
+                fs.removexattr(ino, name)?;
+                Ok(Some(reply::empty(unique)))
+            }
+            // File data and space management arrive with the data path.
             Op::Write { .. }
-            | Op::Setxattr { .. }
-            | Op::Removexattr { .. }
             | Op::Tmpfile { .. }
             | Op::Fallocate(_)
             | Op::CopyFileRange(_)

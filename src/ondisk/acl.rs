@@ -28,6 +28,32 @@ pub fn disk_to_xattr(d: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The xattr form of an ACL converted to ext4's on-disk form (validated).
+pub fn xattr_to_disk(x: &[u8]) -> Result<Vec<u8>, String> {
+    if x.len() < 4 || u32_at(x, 0) != 2 {
+        return Err("ACL has an unknown version".into());
+    }
+    if (x.len() - 4) % 8 != 0 {
+        return Err("ACL has a truncated entry".into());
+    }
+    let mut out = 1u32.to_le_bytes().to_vec();
+    for e in x[4..].chunks_exact(8) {
+        let tag = u16_at(e, 0);
+        let perm = u16_at(e, 2);
+        if perm & !7 != 0 {
+            return Err(format!("ACL entry has impossible permissions {perm:o}"));
+        }
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        match tag {
+            1 | 4 | 0x10 | 0x20 => {}
+            2 | 8 => out.extend_from_slice(&u32_at(e, 4).to_le_bytes()),
+            t => return Err(format!("ACL entry has unknown tag {t:#x}")),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +86,8 @@ mod tests {
             (u16_at(&x, 12), u16_at(&x, 14), u32_at(&x, 16)),
             (2, 7, 1000)
         );
+        assert_eq!(xattr_to_disk(&x).unwrap(), d);
+        assert!(xattr_to_disk(&x[..x.len() - 3]).is_err());
         assert!(disk_to_xattr(&[2, 0, 0, 0]).is_err());
         assert!(disk_to_xattr(&d[..d.len() - 2]).is_err());
     }

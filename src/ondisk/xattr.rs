@@ -1,6 +1,15 @@
 //! Extended attribute entries in the inode body and in xattr blocks, name prefixes, block checksums.
+
 use super::csum::crc32c_raw;
-use super::le::{u16_at, u32_at};
+use super::le::{put_u16, put_u32, u16_at, u32_at};
+
+pub const XATTR_MAGIC: u32 = 0xEA02_0000;
+/// Bytes of the xattr block header.
+pub const BLOCK_HEADER_LEN: usize = 32;
+const ENTRY_HEADER_LEN: usize = 16;
+
+/// One entry as stored (name without its prefix; value empty when it lives in an EA inode).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XattrEntry {
     pub index: u8,
     pub name: Vec<u8>,
@@ -11,6 +20,9 @@ pub struct XattrEntry {
     pub value: Vec<u8>,
 }
 pub struct XattrBlockHeader;
+
+/// An attribute to store: (name index, name suffix, value).
+pub type NewEntry = (u8, Vec<u8>, Vec<u8>);
 const PREFIXES: &[(u8, &[u8])] = &[
     (1, b"user."),
     (2, b"system.posix_acl_access"),
@@ -108,6 +120,117 @@ pub fn block_csum_set(s: u32, n: u64, b: &mut [u8]) {
     super::le::put_u32(b, 16, c);
 }
 
+fn pad4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Bytes one entry takes in the entry table.
+pub fn entry_len(name_len: usize) -> usize {
+    pad4(ENTRY_HEADER_LEN + name_len)
+}
+
+/// Bytes an entry needs in total (table entry + padded value).
+pub fn entry_space(name_len: usize, value_len: usize) -> usize {
+    entry_len(name_len) + pad4(value_len)
+}
+
+/// The kernel's entry hash: name bytes, then the value as little-endian words (zero padded).
+pub fn entry_hash(name: &[u8], value: &[u8]) -> u32 {
+    let mut h = 0u32;
+    for &c in name {
+        h = (h << 5) ^ (h >> 27) ^ c as u32;
+    }
+    for w in value.chunks(4) {
+        let mut a = [0u8; 4];
+        a[..w.len()].copy_from_slice(w);
+        h = (h << 16) ^ (h >> 16) ^ u32::from_le_bytes(a);
+    }
+    h
+}
+
+/// The block header hash over the entries' hashes (0 when any entry hash is 0).
+pub fn block_hash(hashes: &[u32]) -> u32 {
+    let mut h = 0u32;
+    for &e in hashes {
+        if e == 0 {
+            return 0;
+        }
+        h = (h << 16) ^ (h >> 16) ^ e;
+    }
+    h
+}
+
+/// Lay out `entries` in a region: table from `table_start`, values packed down from the end,
+/// offsets relative to `base`. Returns the entries' hashes, or None when they do not fit.
+fn layout(
+    region: &mut [u8],
+    table_start: usize,
+    base: usize,
+    entries: &[NewEntry],
+) -> Option<Vec<u32>> {
+    let mut table = table_start;
+    let mut value_end = region.len();
+    let mut hashes = Vec::with_capacity(entries.len());
+    for (index, name, value) in entries {
+        let vlen = pad4(value.len());
+        if table + entry_len(name.len()) + 4 > value_end.checked_sub(vlen)? || name.len() > 255 {
+            return None;
+        }
+        value_end -= vlen;
+        let h = entry_hash(name, value);
+        region[table] = name.len() as u8;
+        region[table + 1] = *index;
+        put_u16(
+            region,
+            table + 2,
+            if value.is_empty() {
+                0
+            } else {
+                (value_end - base) as u16
+            },
+        );
+        put_u32(region, table + 4, 0);
+        put_u32(region, table + 8, value.len() as u32);
+        put_u32(region, table + 12, h);
+        region[table + ENTRY_HEADER_LEN..table + ENTRY_HEADER_LEN + name.len()]
+            .copy_from_slice(name);
+        region[value_end..value_end + value.len()].copy_from_slice(value);
+        hashes.push(h);
+        table += entry_len(name.len());
+    }
+    Some(hashes)
+}
+
+/// The in-inode xattr area (`region_len` bytes after the extra fields) holding `entries`, or None
+/// when they do not fit. An empty list gives an area without the magic (no xattrs).
+pub fn build_ibody(entries: &[NewEntry], region_len: usize) -> Option<Vec<u8>> {
+    let mut r = vec![0u8; region_len];
+    if entries.is_empty() {
+        return Some(r);
+    }
+    if region_len < 8 {
+        return None;
+    }
+    put_u32(&mut r, 0, XATTR_MAGIC);
+    layout(&mut r, 4, 4, entries)?;
+    Some(r)
+}
+
+/// An xattr block holding `entries` (sorted as the kernel keeps them), or None when they do not
+/// fit. The checksum is left to `block_csum_set`.
+pub fn build_block(entries: &[NewEntry], block_size: usize, refcount: u32) -> Option<Vec<u8>> {
+    let mut sorted: Vec<&NewEntry> = entries.iter().collect();
+    sorted.sort_by(|a, b| (a.0, a.1.len(), &a.1).cmp(&(b.0, b.1.len(), &b.1)));
+    let sorted: Vec<NewEntry> = sorted.into_iter().cloned().collect();
+    let mut b = vec![0u8; block_size];
+    put_u32(&mut b, 0, XATTR_MAGIC);
+    put_u32(&mut b, 4, refcount);
+    put_u32(&mut b, 8, 1);
+    let hashes = layout(&mut b, BLOCK_HEADER_LEN, 0, &sorted)?;
+    put_u32(&mut b, 12, block_hash(&hashes));
+    Some(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +250,34 @@ mod tests {
         put_u32(r, off + 8, size);
         r[off + 16..off + 16 + name.len()].copy_from_slice(name);
         off + ((16 + name.len() + 3) & !3)
+    }
+
+    #[test]
+    fn built_areas_parse_back() {
+        let entries: Vec<NewEntry> = vec![
+            (1, b"zeta".to_vec(), b"1".to_vec()),
+            (4, b"t".to_vec(), vec![7u8; 300]),
+            (1, b"a".to_vec(), Vec::new()),
+        ];
+        let r = build_ibody(&entries, 400).unwrap();
+        let v = parse_ibody(&r).unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[1].value, vec![7u8; 300]);
+        assert_eq!(v[0].hash, entry_hash(b"zeta", b"1"));
+        assert!(build_ibody(&entries, 200).is_none());
+        let b = build_block(&entries, 1024, 1).unwrap();
+        let (_, v) = parse_block(&b).unwrap();
+        let names: Vec<&[u8]> = v.iter().map(|e| e.name.as_slice()).collect();
+        assert_eq!(
+            names,
+            vec![&b"a"[..], b"zeta", b"t"],
+            "sorted by index, name length, name"
+        );
+        assert_eq!(
+            u32_at(&b, 12),
+            block_hash(&v.iter().map(|e| e.hash).collect::<Vec<_>>())
+        );
+        assert!(build_block(&[(1, b"x".to_vec(), vec![0u8; 1200])], 1024, 1).is_none());
     }
 
     #[test]
