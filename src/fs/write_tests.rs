@@ -307,7 +307,7 @@ fn xattrs_move_between_inode_and_block_and_stay_clean() {
             fs.setxattr(
                 f.ino,
                 format!("user.k{i}").as_bytes(),
-                &vec![b'a' + i as u8; 90],
+                &[b'a' + i as u8; 90],
                 0,
             )
             .unwrap();

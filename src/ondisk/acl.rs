@@ -33,7 +33,7 @@ pub fn xattr_to_disk(x: &[u8]) -> Result<Vec<u8>, String> {
     if x.len() < 4 || u32_at(x, 0) != 2 {
         return Err("ACL has an unknown version".into());
     }
-    if (x.len() - 4) % 8 != 0 {
+    if !(x.len() - 4).is_multiple_of(8) {
         return Err("ACL has a truncated entry".into());
     }
     let mut out = 1u32.to_le_bytes().to_vec();
