@@ -34,6 +34,9 @@ enum Command {
         /// Worker threads reading /dev/fuse (default: CPUs, at most 8).
         #[arg(long)]
         threads: Option<usize>,
+        /// Seconds between commits of changed metadata.
+        #[arg(long, default_value_t = 5)]
+        commit_interval: u64,
         /// Log filter: error, warn, info, debug, trace (or an env_logger filter string).
         #[arg(long, default_value = "warn")]
         log_level: String,
@@ -129,12 +132,17 @@ fn run_mount(
     mountpoint: &Path,
     read_only: bool,
     threads: Option<usize>,
+    commit_interval: u64,
 ) -> Result<(), String> {
     let dev = FileDevice::open(image, read_only).map_err(|e| sentence(&e.to_string()))?;
     let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only })
         .map_err(|e| format!("cannot mount image {}: {}", image.display(), sentence(&e)))?;
     let fs = Arc::new(fs);
     let ro = fs.is_read_only();
+    if !ro {
+        Fs::start_commit_thread(&fs, std::time::Duration::from_secs(commit_interval.max(1)))
+            .map_err(|e| format!("cannot start the commit thread: {e}"))?;
+    }
 
     let sigset = block_signals();
     let dispatcher = Arc::new(Dispatcher::new(
@@ -169,10 +177,11 @@ fn main() -> ExitCode {
             mountpoint,
             read_only,
             threads,
+            commit_interval,
             log_level,
         } => {
             init_logging(&log_level);
-            run_mount(&image, &mountpoint, read_only, threads)
+            run_mount(&image, &mountpoint, read_only, threads, commit_interval)
         }
     };
     match result {

@@ -101,3 +101,38 @@ impl Fs {
         }
     }
 }
+
+/// Blocks a running transaction may gather before the operation that grew it commits it.
+const MAX_RUNNING_BLOCKS: usize = 8192;
+
+impl Fs {
+    /// Commit now if the running transaction grew large (called at the end of operations).
+    pub(super) fn commit_if_large(&self) -> Result<()> {
+        if self.cache.running_len() >= MAX_RUNNING_BLOCKS {
+            self.write_superblock(false)?;
+            self.commit_locked()?;
+        }
+        Ok(())
+    }
+
+    /// Commit every `interval` while there is something to commit, until the file system is
+    /// dropped. Returns the thread's handle.
+    pub fn start_commit_thread(
+        fs: &std::sync::Arc<Fs>,
+        interval: std::time::Duration,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let weak = std::sync::Arc::downgrade(fs);
+        std::thread::Builder::new().name("commit".into()).spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let Some(fs) = weak.upgrade() else { return };
+                if fs.read_only || fs.cache.running_len() == 0 {
+                    continue;
+                }
+                if let Err(e) = fs.sync() {
+                    log::error!("periodic commit failed: {e}");
+                }
+            }
+        })
+    }
+}

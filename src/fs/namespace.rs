@@ -167,6 +167,7 @@ impl Fs {
         self.add_entry(parent, &mut pdir, name, ino, ft_of(mode))?;
         self.touch_dir(&mut pdir);
         self.store_inode(parent, &pdir)?;
+        self.commit_if_large()?;
         self.count_lookup(ino);
         Ok(self.attr_of(ino, &i))
     }
@@ -192,6 +193,7 @@ impl Fs {
         self.inc_dir_links(&mut pdir);
         self.touch_dir(&mut pdir);
         self.store_inode(parent, &pdir)?;
+        self.commit_if_large()?;
         self.count_lookup(ino);
         Ok(self.attr_of(ino, &i))
     }
@@ -233,6 +235,7 @@ impl Fs {
         self.add_entry(parent, &mut pdir, name, ino, dirent::FT_SYMLINK)?;
         self.touch_dir(&mut pdir);
         self.store_inode(parent, &pdir)?;
+        self.commit_if_large()?;
         self.count_lookup(ino);
         Ok(self.attr_of(ino, &i))
     }
@@ -263,6 +266,7 @@ impl Fs {
         i.links_count += 1;
         i.ctime = now();
         self.store_inode(ino, &i)?;
+        self.commit_if_large()?;
         self.count_lookup(ino);
         Ok(self.attr_of(ino, &i))
     }
