@@ -35,12 +35,24 @@ impl Fs {
         put_u32(sb, 0x10, free_inodes as u32);
         let live = *self.sb_live.lock().unwrap_or_else(|e| e.into_inner());
         put_u32(sb, 0xE8, live.last_orphan);
-        let state = if clean {
-            self.sb.state | STATE_VALID
+        if self.journal.is_some() {
+            // With a journal the file system stays "clean"; needs_recovery says a log may be live.
+            put_u16(sb, 0x3A, self.sb.state | STATE_VALID);
+            let mut inc = self.sb.feature_incompat;
+            if clean {
+                inc &= !incompat::RECOVER;
+            } else {
+                inc |= incompat::RECOVER;
+            }
+            put_u32(sb, 0x60, inc);
         } else {
-            self.sb.state & !STATE_VALID
-        };
-        put_u16(sb, 0x3A, state);
+            let state = if clean {
+                self.sb.state | STATE_VALID
+            } else {
+                self.sb.state & !STATE_VALID
+            };
+            put_u16(sb, 0x3A, state);
+        }
         put_u32(sb, 0x30, now().0 as u32);
         if self.sb.has_metadata_csum() {
             Superblock::set_checksum(sb);
@@ -53,6 +65,9 @@ impl Fs {
     fn commit_locked(&self) -> Result<()> {
         let frozen = self.cache.freeze();
         let bs = self.block_size as u64;
+        if let Some(j) = &self.journal {
+            j.commit(self.dev.as_ref(), bs, &frozen.blocks)?;
+        }
         for (b, d) in &frozen.blocks {
             self.dev.write_at(d, b * bs).map_err(|e| {
                 log::error!("writing metadata block {b} failed: {e}");
@@ -63,6 +78,12 @@ impl Fs {
             log::error!("flushing the image failed: {e}");
             Errno::EIO
         })?;
+        if let Some(j) = &self.journal
+            && !frozen.blocks.is_empty()
+        {
+            // Checkpointed: the log is empty again (made durable by the next flush).
+            j.reset(self.dev.as_ref(), bs)?;
+        }
         self.cache.checkpointed(&frozen);
         Ok(())
     }
@@ -97,7 +118,11 @@ impl Fs {
                 self.free_inode(ino, &mut i)?;
             }
             self.write_superblock(true)?;
-            self.commit_locked()
+            self.commit_locked()?;
+            self.dev.flush().map_err(|e| {
+                log::error!("flushing the image failed: {e}");
+                Errno::EIO
+            })
         }
     }
 }
@@ -122,17 +147,19 @@ impl Fs {
         interval: std::time::Duration,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let weak = std::sync::Arc::downgrade(fs);
-        std::thread::Builder::new().name("commit".into()).spawn(move || {
-            loop {
-                std::thread::sleep(interval);
-                let Some(fs) = weak.upgrade() else { return };
-                if fs.read_only || fs.cache.running_len() == 0 {
-                    continue;
+        std::thread::Builder::new()
+            .name("commit".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(fs) = weak.upgrade() else { return };
+                    if fs.read_only || fs.cache.running_len() == 0 {
+                        continue;
+                    }
+                    if let Err(e) = fs.sync() {
+                        log::error!("periodic commit failed: {e}");
+                    }
                 }
-                if let Err(e) = fs.sync() {
-                    log::error!("periodic commit failed: {e}");
-                }
-            }
-        })
+            })
     }
 }

@@ -12,6 +12,7 @@ mod dir;
 mod dirops;
 mod file;
 mod inode;
+mod journal;
 mod mount;
 mod namespace;
 mod ops;
@@ -52,6 +53,8 @@ pub struct Fs {
     orphans: Mutex<HashSet<Ino>>,
     /// Superblock fields that change while mounted.
     sb_live: Mutex<SbLive>,
+    /// The internal journal, when the image has one and it is written.
+    journal: Option<journal::Journal>,
 }
 
 /// Superblock fields kept up to date in memory and written at each commit.
@@ -106,6 +109,8 @@ impl Fs {
     }
 }
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -51,17 +51,7 @@ impl Fs {
                 feature_names(unknown_ro, ro_compat::NAMES)
             );
         }
-        if sb.has_incompat(incompat::RECOVER) {
-            return Err(
-                "the journal needs recovery (the image was not cleanly unmounted); run `e2fsck -fy` on it first"
-                    .into(),
-            );
-        }
         let blockers = [
-            (
-                sb.has_compat(compat::HAS_JOURNAL),
-                "has_journal: writing the journal is not supported yet",
-            ),
             (sb.has_ro_compat(ro_compat::BIGALLOC), "bigalloc"),
             (
                 sb.has_ro_compat(ro_compat::READONLY),
@@ -90,7 +80,7 @@ impl Fs {
             .map(|g| layout::fixed_blocks(&sb, g))
             .collect();
         let alloc = Allocator::new(Geometry::from_superblock(&sb), groups, locations, fixed);
-        let fs = Fs {
+        let mut fs = Fs {
             csum_seed: sb.csum_seed(),
             dev,
             itables,
@@ -106,6 +96,7 @@ impl Fs {
             sb_live: Mutex::new(super::SbLive {
                 last_orphan: sb.last_orphan,
             }),
+            journal: None,
             sb,
         };
         let root = fs
@@ -114,6 +105,7 @@ impl Fs {
         if !root.is_dir() {
             return Err("the root inode is not a directory: the image is corrupt".into());
         }
+        fs.open_journal(wants_write && !fs.read_only)?;
         if !fs.read_only {
             // Not clean while mounted writable: a crash leaves e2fsck something to check.
             fs.write_superblock(false)
@@ -130,6 +122,34 @@ impl Fs {
             if fs.read_only { ", read-only" } else { "" }
         );
         Ok(fs)
+    }
+
+    /// Load the internal journal. A log left by a crash must be replayed first; a journal we
+    /// cannot write keeps the file system read-only.
+    fn open_journal(&mut self, writable: bool) -> Result<(), String> {
+        if !self.sb.has_compat(compat::HAS_JOURNAL) {
+            return Ok(());
+        }
+        if self.sb.journal_inum == 0 {
+            return Err("the image has an external journal, which is not supported".into());
+        }
+        let j = super::journal::Journal::load(self, self.sb.journal_inum as u64)
+            .map_err(|e| format!("cannot load the journal: {e}"))?;
+        if j.needs_recovery() {
+            return Err(
+                "the journal needs recovery (the image was not cleanly unmounted); run `e2fsck -fy` on it first"
+                    .into(),
+            );
+        }
+        if writable {
+            if let Some(why) = j.writable_reason() {
+                log::warn!("serving the image read-only: {why}");
+                self.read_only = true;
+                return Ok(());
+            }
+            self.journal = Some(j);
+        }
+        Ok(())
     }
 
     /// True when every mutating operation answers `EROFS`.

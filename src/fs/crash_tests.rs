@@ -1,0 +1,155 @@
+//! Crash tests: a workload runs on a recording device; the image is rebuilt as it was at every
+//! flush point and at random cut points; e2fsck replays the journal (and nothing else); then
+//! e2fsck must find the file system clean and every operation completed before the last finished
+//! sync must be there.
+
+use super::testutil::*;
+use super::*;
+use crate::blockdev::MemDevice;
+use crate::blockdev::record::{Event, RecordingDevice, replay};
+use std::path::Path;
+use std::process::Command;
+
+fn ctx() -> Ctx {
+    Ctx {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    }
+}
+
+/// Replay the journal with e2fsck and nothing else; true when there was a log to replay.
+fn e2fsck_journal_only(img: &Path) -> bool {
+    let out = Command::new("e2fsck")
+        .args(["-fy", "-E", "journal_only"])
+        .arg(img)
+        .output()
+        .expect("e2fsck is required");
+    assert!(
+        out.status.code().is_some_and(|c| c <= 1),
+        "e2fsck journal replay failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).contains("recovering journal")
+        || String::from_utf8_lossy(&out.stderr).contains("recovering journal")
+}
+
+/// Run a namespace workload; returns the log and, per sync, (log length when it returned, names
+/// that must exist from then on).
+fn workload(dev: Arc<RecordingDevice<MemDevice>>) -> (Vec<Event>, Vec<(usize, Vec<String>)>) {
+    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    assert!(!fs.is_read_only());
+    let mut synced = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    let d = fs.mkdir(ROOT_INO, b"dir", 0o755, &ctx()).unwrap();
+    names.push("dir".into());
+    for round in 0..12 {
+        for i in 0..60 {
+            let n = format!("r{round}-file-with-long-name-{i}");
+            fs.mknod(d.ino, n.as_bytes(), libc::S_IFREG | 0o644, 0, &ctx())
+                .unwrap();
+            names.push(format!("dir/{n}"));
+        }
+        for i in (0..60).step_by(4) {
+            let n = format!("r{round}-file-with-long-name-{i}");
+            fs.unlink(d.ino, n.as_bytes()).unwrap();
+            names.retain(|x| *x != format!("dir/{n}"));
+        }
+        let sub = format!("sub{round}");
+        let s = fs.mkdir(ROOT_INO, sub.as_bytes(), 0o700, &ctx()).unwrap();
+        fs.rename(
+            d.ino,
+            format!("r{round}-file-with-long-name-1").as_bytes(),
+            s.ino,
+            b"moved",
+            0,
+        )
+        .unwrap();
+        names.retain(|x| *x != format!("dir/r{round}-file-with-long-name-1"));
+        names.push(sub.clone());
+        names.push(format!("{sub}/moved"));
+        fs.setxattr(s.ino, b"user.round", format!("{round}").as_bytes(), 0)
+            .unwrap();
+        fs.sync().unwrap();
+        synced.push((dev.events().len(), names.clone()));
+    }
+    fs.shutdown().unwrap();
+    (dev.events(), synced)
+}
+
+fn exists(fs: &Fs, path: &str) -> bool {
+    let mut ino = ROOT_INO;
+    for part in path.split('/') {
+        match fs.lookup(ino, part.as_bytes()) {
+            Ok(a) => ino = a.ino,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[test]
+fn journal_survives_crashes_at_every_flush_and_random_points() {
+    let t = tempfile::tempdir().unwrap();
+    for opts in [
+        &["-t", "ext4", "-b", "4096"][..],
+        &["-t", "ext4", "-b", "1024", "-O", "^metadata_csum"],
+    ] {
+        let src = t.path().join("empty");
+        std::fs::create_dir_all(&src).unwrap();
+        let img = t.path().join("base.img");
+        mkfs(&src, &img, opts, "16M");
+        let base = std::fs::read(&img).unwrap();
+        let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));
+        let (log, synced) = workload(dev.clone());
+        let flushes: Vec<usize> = log
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| **e == Event::Flush)
+            .map(|(i, _)| i + 1)
+            .collect();
+        let mut cuts = flushes.clone();
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..200 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            cuts.push((rng % (log.len() as u64 + 1)) as usize);
+        }
+        let cut_img = t.path().join("cut.img");
+        let mut replayed = 0;
+        for (n, &cut) in cuts.iter().enumerate() {
+            let mut image = base.clone();
+            replay(&mut image, &log, cut);
+            std::fs::write(&cut_img, &image).unwrap();
+            replayed += e2fsck_journal_only(&cut_img) as usize;
+            let out = Command::new("e2fsck")
+                .args(["-fn"])
+                .arg(&cut_img)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{opts:?}: cut {n} at event {cut} of {}: e2fsck -fn after replay:\n{}",
+                log.len(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+            // Everything synced before the cut is there.
+            if let Some((_, names)) = synced.iter().rev().find(|(at, _)| *at <= cut) {
+                let fs = mount(&cut_img);
+                for name in names {
+                    assert!(
+                        exists(&fs, name),
+                        "{opts:?}: cut at {cut}: synced entry {name} is missing"
+                    );
+                }
+            }
+        }
+        assert!(
+            replayed >= 5,
+            "{opts:?}: only {replayed} of {} cuts left a journal to replay",
+            cuts.len()
+        );
+    }
+}
