@@ -10,3 +10,4 @@ pub mod extent;
 pub mod fs;
 pub mod fuse;
 pub mod ondisk;
+pub mod vhost;

@@ -39,6 +39,21 @@ impl Fs {
         }
     }
 
+    /// The client is gone (a guest restarted): drop every lookup reference it held, freeing
+    /// unlinked inodes that were waiting for them.
+    pub fn forget_all(&self) {
+        let held: Vec<Ino> = self
+            .lookups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(i, _)| i)
+            .collect();
+        for ino in held {
+            self.reap_if_orphan(ino);
+        }
+    }
+
     /// How many lookup references the FUSE client holds on `ino`.
     pub fn lookup_count(&self, ino: Ino) -> u64 {
         self.lookups

@@ -128,6 +128,9 @@ impl Fs {
     }
 }
 
+/// An attribute to store: (name index, name suffix, value).
+type NewEntry = (u8, Vec<u8>, Vec<u8>);
+
 /// `setxattr` flags.
 pub const XATTR_CREATE: u32 = 1;
 pub const XATTR_REPLACE: u32 = 2;
@@ -180,7 +183,7 @@ impl Fs {
             log::warn!("inode {ino}: changing xattrs stored in EA inodes is not supported");
             return Err(Errno::EOPNOTSUPP);
         }
-        let mut list: Vec<xa::NewEntry> = current
+        let mut list: Vec<NewEntry> = current
             .into_iter()
             .map(|e| (e.index, e.name, e.value))
             .collect();
@@ -201,19 +204,19 @@ impl Fs {
     }
 
     /// Place `list` in the inode body (first, `system.data` always) and the xattr block.
-    fn store_xattrs(&self, ino: Ino, inode: &mut Inode, list: Vec<xa::NewEntry>) -> Result<()> {
+    fn store_xattrs(&self, ino: Ino, inode: &mut Inode, list: Vec<NewEntry>) -> Result<()> {
         let start = 128 + inode.extra_isize as usize;
         let region_len = inode.raw.len().saturating_sub(start);
-        let (mut body, mut rest): (Vec<xa::NewEntry>, Vec<xa::NewEntry>) =
+        let (mut body, mut rest): (Vec<NewEntry>, Vec<NewEntry>) =
             list.into_iter().partition(|e| e.0 == INDEX_SYSTEM);
         let mut spill = Vec::new();
         for e in rest.drain(..) {
             body.push(e);
-            if xa::build_ibody(&body, region_len).is_none() {
+            if xa::build_ibody(&body, region_len).is_err() {
                 spill.push(body.pop().expect("just pushed"));
             }
         }
-        let region = xa::build_ibody(&body, region_len).ok_or(Errno::ENOSPC)?;
+        let region = xa::build_ibody(&body, region_len).map_err(|_| Errno::ENOSPC)?;
         if region_len > 0 {
             inode.raw[start..].copy_from_slice(&region);
         }
@@ -224,7 +227,7 @@ impl Fs {
             }
             return Ok(());
         }
-        let mut block = xa::build_block(&spill, bs, 1).ok_or(Errno::ENOSPC)?;
+        let mut block = xa::build_block(&spill, bs, 1).map_err(|_| Errno::ENOSPC)?;
         let old = inode.file_acl;
         let reuse = old != 0 && crate::ondisk::le::u32_at(&self.read_meta_block(old)?, 4) == 1;
         let blk = if reuse {

@@ -462,8 +462,16 @@ impl Dispatcher {
     fn init(&self, unique: u64, arg: &abi::InitIn) -> Handled {
         let _guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if self.initialized.load(Ordering::Acquire) {
-            warn!("fuse: second INIT in one session: EIO");
-            return Err(Errno::EIO);
+            if self.opts.transport != Transport::Virtio {
+                warn!("fuse: second INIT in one session: EIO");
+                return Err(Errno::EIO);
+            }
+            // A guest that rebooted without unmounting starts over: its old references are gone.
+            info!(
+                "fuse: new INIT on a live virtio session: the guest restarted; dropping its references"
+            );
+            self.fs.forget_all();
+            self.initialized.store(false, Ordering::Release);
         }
         if arg.major > abi::KERNEL_VERSION {
             // The kernel speaks a newer major: tell it ours and wait for a new INIT.
@@ -804,9 +812,20 @@ pub(crate) mod tests {
             d.negotiated(),
             Some((abi::KERNEL_MINOR_VERSION, WANTED_INIT_FLAGS))
         );
-        // A second INIT in the same session is refused.
+        // A second INIT in the same /dev/fuse session is refused.
         let r = d.dispatch(&init_msg(2, 7, 44, 0, true)).unwrap();
         assert_eq!(decode(&r, 2).0, -libc::EIO);
+        // Over virtio it means the guest restarted: the session starts over.
+        let v = Dispatcher::new(
+            fs_from_image(),
+            DispatchOptions {
+                transport: Transport::Virtio,
+                ..Default::default()
+            },
+        );
+        do_init(&v);
+        let r = v.dispatch(&init_msg(3, 7, 44, 0, true)).unwrap();
+        assert_eq!(decode(&r, 3).0, 0);
     }
 
     #[test]
