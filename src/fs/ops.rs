@@ -26,6 +26,15 @@ impl Fs {
         Ok(self.attr_of(ino, &inode))
     }
 
+    /// Look `name` up in `parent` without counting a reference (permission checks, tools).
+    pub fn peek(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let _g = self.ns_read();
+        let dir = self.read_inode(parent)?;
+        let ino = self.find_entry(parent, &dir, name)?;
+        let inode = self.read_inode(ino)?;
+        Ok(self.attr_of(ino, &inode))
+    }
+
     /// Drop `nlookup` lookup references taken by lookup/create/readdirplus.
     pub fn forget(&self, ino: Ino, nlookup: u64) {
         let mut lk = self.lookups.lock().unwrap_or_else(|e| e.into_inner());

@@ -217,6 +217,15 @@ impl Dispatcher {
         let unique = h.unique;
         let ino = ino_of(h.nodeid);
         let fs = &*self.fs;
+        if self.opts.transport == Transport::Virtio {
+            // No default_permissions in a virtiofs guest: check as the guest's VFS would.
+            let ctx = Ctx {
+                uid: h.uid,
+                gid: h.gid,
+                pid: h.pid,
+            };
+            super::permission::check(fs, ino, &req.op, &ctx, ino_of)?;
+        }
         match &req.op {
             Op::Init(arg) => self.init(unique, arg),
             Op::Destroy => self.destroy(unique),
