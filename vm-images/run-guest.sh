@@ -139,9 +139,9 @@ if [ "$mode" != none ] && [ -z "$socket" ]; then
         fi
         [ -x "$daemon" ] || die "--daemon $daemon is not executable" 1
         if [ "$mode" = fs ]; then
-            daemon_cmd='exec "$DAEMON" fs --socket-path "$SOCK" --image "$IMAGE" --tag "$TAG" '"$daemon_args"
+            daemon_cmd='exec "$DAEMON" fs --socket-path "$SOCK" --image "$IMAGE" --tag "$TAG" --queues "$QUEUES" '"$daemon_args"
         else
-            daemon_cmd='exec "$DAEMON" blk --socket-path "$SOCK" --image "$IMAGE" '"$daemon_args"
+            daemon_cmd='exec "$DAEMON" blk --socket-path "$SOCK" --image "$IMAGE" --queues "$QUEUES" '"$daemon_args"
         fi
     fi
     log "backend: $daemon_cmd"
