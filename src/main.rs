@@ -88,8 +88,7 @@ enum Command {
         image: PathBuf,
         /// Where to mount it.
         mountpoint: PathBuf,
-        /// Serve the image read-only. (Images with a journal are served read-only until the
-        /// journal write path lands; journal-less images are writable.)
+        /// Serve the image read-only.
         #[arg(long)]
         read_only: bool,
         /// Worker threads reading /dev/fuse (default: CPUs, at most 8).
@@ -195,6 +194,8 @@ fn run_mount(
     threads: Option<usize>,
     commit_interval: u64,
 ) -> Result<(), String> {
+    // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
+    let sigset = block_signals();
     let dev = FileDevice::open(image, read_only).map_err(|e| sentence(&e.to_string()))?;
     let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only })
         .map_err(|e| format!("cannot mount image {}: {}", image.display(), sentence(&e)))?;
@@ -205,7 +206,6 @@ fn run_mount(
             .map_err(|e| format!("cannot start the commit thread: {e}"))?;
     }
 
-    let sigset = block_signals();
     let dispatcher = Arc::new(Dispatcher::new(
         Arc::clone(&fs),
         DispatchOptions {

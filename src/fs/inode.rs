@@ -65,8 +65,9 @@ impl Fs {
             nsec: t.1,
         };
         let mut blocks = i.blocks_512(self.sb.has_ro_compat(ro_compat::HUGE_FILE), self.block_size);
-        if i.has_flag(flags::INLINE_DATA) {
-            // As the kernel does: report the inline bytes so tools do not think the file is sparse.
+        if i.has_flag(flags::INLINE_DATA) && i.is_reg() {
+            // As the kernel does for regular files: report the inline bytes so tools do not think
+            // the file is sparse.
             blocks += i.size.div_ceil(512);
         }
         let ft = i.file_type();
