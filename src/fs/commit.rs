@@ -61,8 +61,24 @@ impl Fs {
         Ok(())
     }
 
-    /// Write every change made so far to the device and flush it.
+    /// Write every change made so far to the device and flush it. A failure aborts: nothing more
+    /// is written and the file system turns read-only (what was committed before stays valid).
     fn commit_locked(&self) -> Result<()> {
+        if self.aborted.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Errno::EROFS);
+        }
+        let r = self.commit_inner();
+        if let Err(e) = r {
+            self.aborted
+                .store(true, std::sync::atomic::Ordering::Release);
+            log::error!(
+                "metadata write failed ({e}): journal aborted, the file system is now read-only"
+            );
+        }
+        r
+    }
+
+    fn commit_inner(&self) -> Result<()> {
         let frozen = self.cache.freeze();
         let bs = self.block_size as u64;
         if let Some(j) = &self.journal {
@@ -93,6 +109,9 @@ impl Fs {
         if self.read_only {
             return Ok(());
         }
+        if self.aborted.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Errno::EIO);
+        }
         let _g = self.ns_write();
         self.write_superblock(false)?;
         self.commit_locked()
@@ -103,6 +122,9 @@ impl Fs {
     pub fn shutdown(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
+        }
+        if self.aborted.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Errno::EIO);
         }
         let pending: Vec<Ino> = self
             .orphans
@@ -153,7 +175,7 @@ impl Fs {
                 loop {
                     std::thread::sleep(interval);
                     let Some(fs) = weak.upgrade() else { return };
-                    if fs.read_only || fs.cache.running_len() == 0 {
+                    if fs.is_read_only() || fs.cache.running_len() == 0 {
                         continue;
                     }
                     if let Err(e) = fs.sync() {

@@ -201,3 +201,53 @@ fn journal_survives_crashes_at_every_flush_and_random_points() {
         );
     }
 }
+
+#[test]
+fn a_failing_disk_aborts_to_read_only_without_damage() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("empty");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = t.path().join("base.img");
+    mkfs(&src, &img, &["-t", "ext4", "-b", "4096"], "16M");
+    let base = std::fs::read(&img).unwrap();
+    let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));
+    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    fs.mkdir(ROOT_INO, b"kept", 0o755, &ctx()).unwrap();
+    fs.sync().unwrap();
+    let durable = dev.events().len();
+    fs.mkdir(ROOT_INO, b"lost", 0o755, &ctx()).unwrap();
+    // The disk dies in the middle of the next commit.
+    dev.fail_writes_after(2);
+    assert_eq!(fs.sync(), Err(Errno::EIO));
+    assert!(fs.is_read_only(), "an I/O error must abort to read-only");
+    assert_eq!(
+        fs.mkdir(ROOT_INO, b"after", 0o755, &ctx()),
+        Err(Errno::EROFS)
+    );
+    assert_eq!(
+        fs.sync(),
+        Err(Errno::EIO),
+        "fsync keeps reporting the failure"
+    );
+    assert_eq!(fs.shutdown(), Err(Errno::EIO));
+    drop(fs);
+    // What reached the disk is consistent and holds everything synced before the failure.
+    let mut image = base;
+    replay(&mut image, &dev.events(), usize::MAX);
+    let cut_img = t.path().join("after.img");
+    std::fs::write(&cut_img, &image).unwrap();
+    e2fsck_journal_only(&cut_img);
+    let out = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&cut_img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let fs = mount(&cut_img);
+    assert!(exists(&fs, "kept"));
+    assert!(durable > 0);
+}

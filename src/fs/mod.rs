@@ -41,6 +41,8 @@ pub struct Fs {
     block_size: u32,
     csum_seed: u32,
     read_only: bool,
+    /// Set when a metadata write failed: the journal is aborted and the file system read-only.
+    aborted: std::sync::atomic::AtomicBool,
     cache: BufferCache,
     /// FUSE lookup references per inode.
     lookups: Mutex<HashMap<Ino, u64>>,

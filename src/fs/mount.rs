@@ -87,6 +87,7 @@ impl Fs {
             alloc,
             block_size,
             read_only,
+            aborted: std::sync::atomic::AtomicBool::new(false),
             cache: BufferCache::new(CACHE_BLOCKS),
             lookups: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
@@ -154,7 +155,7 @@ impl Fs {
 
     /// True when every mutating operation answers `EROFS`.
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.read_only || self.aborted.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -42,7 +42,7 @@ fn check_name(name: &[u8]) -> Result<()> {
 
 impl Fs {
     fn writable(&self) -> Result<()> {
-        if self.read_only {
+        if self.is_read_only() {
             Err(Errno::EROFS)
         } else {
             Ok(())

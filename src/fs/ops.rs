@@ -88,7 +88,7 @@ impl Fs {
         }
         let writes =
             flags & O_ACCMODE != libc::O_RDONLY as u32 || flags & libc::O_TRUNC as u32 != 0;
-        if writes && self.read_only {
+        if writes && self.is_read_only() {
             return Err(Errno::EROFS);
         }
         if flags & libc::O_TRUNC as u32 != 0 && inode.is_reg() && inode.size != 0 {
@@ -301,7 +301,7 @@ impl Fs {
         let _g = self.ns_read();
         let inode = self.read_inode(ino)?;
         let mask = mask & 7;
-        if mask & libc::W_OK as u32 != 0 && self.read_only {
+        if mask & libc::W_OK as u32 != 0 && self.is_read_only() {
             return Err(Errno::EROFS);
         }
         if mask == 0 {

@@ -151,7 +151,7 @@ impl Fs {
     }
 
     fn change_xattr(&self, ino: Ino, name: &[u8], value: Option<&[u8]>, flags: u32) -> Result<()> {
-        if self.read_only {
+        if self.is_read_only() {
             return Err(Errno::EROFS);
         }
         if name.is_empty() {
