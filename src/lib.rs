@@ -9,5 +9,8 @@ pub mod errno;
 pub mod extent;
 pub mod fs;
 pub mod fuse;
+pub mod journal;
 pub mod ondisk;
+#[cfg(test)]
+mod test_support;
 pub mod vhost;

@@ -6,6 +6,7 @@ use crate::blockdev::{BlockDevice, MemDevice};
 use crate::errno::Errno;
 use crate::ondisk::group::layout;
 use crate::ondisk::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+use crate::test_support::e2fsck_clean;
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 
@@ -79,20 +80,6 @@ fn allocator_for(dev: &MemDevice) -> (Allocator, usize) {
         .map(|g| layout::fixed_blocks(&sb, g))
         .collect();
     (Allocator::new(geo, groups, locs, fixed), bs)
-}
-
-fn e2fsck_clean(img: &std::path::Path) {
-    let out = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(img)
-        .output()
-        .expect("e2fsck is required");
-    assert!(
-        out.status.success(),
-        "e2fsck -fn found problems:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

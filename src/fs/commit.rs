@@ -185,3 +185,15 @@ impl Fs {
             })
     }
 }
+
+#[cfg(test)]
+impl Fs {
+    /// The whole device's bytes (tests over memory devices).
+    pub(super) fn dev_snapshot(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.dev.size() as usize];
+        self.dev
+            .read_at(&mut v, 0)
+            .expect("reading the device back");
+        v
+    }
+}

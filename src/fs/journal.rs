@@ -204,6 +204,11 @@ impl Journal {
         })
     }
 
+    /// Physical block of every journal block (what recovery needs).
+    pub(super) fn block_map(&self) -> &[u64] {
+        &self.map
+    }
+
     /// Blocks one transaction may use in the log (descriptors and commit block included).
     pub(super) fn capacity(&self) -> usize {
         (self.sb.maxlen - self.sb.first) as usize

@@ -111,6 +111,8 @@ impl Fs {
             // Not clean while mounted writable: a crash leaves e2fsck something to check.
             fs.write_superblock(false)
                 .map_err(|e| format!("cannot update the superblock: {e}"))?;
+            fs.process_orphans()
+                .map_err(|e| format!("cannot clean up orphan inodes: {e}"))?;
             fs.sync()
                 .map_err(|e| format!("cannot write the superblock: {e}"))?;
         }
@@ -134,13 +136,30 @@ impl Fs {
         if self.sb.journal_inum == 0 {
             return Err("the image has an external journal, which is not supported".into());
         }
-        let j = super::journal::Journal::load(self, self.sb.journal_inum as u64)
+        let jino = self.sb.journal_inum as u64;
+        let mut j = super::journal::Journal::load(self, jino)
             .map_err(|e| format!("cannot load the journal: {e}"))?;
         if j.needs_recovery() {
-            return Err(
-                "the journal needs recovery (the image was not cleanly unmounted); run `e2fsck -fy` on it first"
-                    .into(),
+            if !writable {
+                return Err("the journal needs recovery (the image was not cleanly unmounted) and the image \
+                     is served read-only; serve it writable once (the journal is replayed), or run `e2fsck -fy` on it"
+                    .into());
+            }
+            let report = crate::journal::recovery::recover(
+                self.dev.as_ref(),
+                self.block_size,
+                j.block_map(),
+            )
+            .map_err(|e| format!("journal recovery failed: {e}"))?;
+            log::warn!(
+                "replayed the journal: {} transaction(s), {} block(s), {} revoked",
+                report.transactions_replayed,
+                report.blocks_replayed,
+                report.blocks_revoked
             );
+            self.reload_after_replay()?;
+            j = super::journal::Journal::load(self, jino)
+                .map_err(|e| format!("cannot load the journal: {e}"))?;
         }
         if writable {
             if let Some(why) = j.writable_reason() {
@@ -150,6 +169,28 @@ impl Fs {
             }
             self.journal = Some(j);
         }
+        Ok(())
+    }
+
+    /// After a replay: metadata changed under the cache, so reread the superblock and groups.
+    fn reload_after_replay(&mut self) -> Result<(), String> {
+        let mut raw = vec![0u8; SUPERBLOCK_SIZE];
+        self.dev
+            .read_at(&mut raw, SUPERBLOCK_OFFSET)
+            .map_err(|e| format!("cannot read the superblock: {e}"))?;
+        let sb = Superblock::parse(&raw)
+            .map_err(|e| format!("invalid superblock after journal replay: {e}"))?;
+        let (groups, locations) = read_group_descriptors(self.dev.as_ref(), &sb)?;
+        let fixed = (0..sb.group_count())
+            .map(|g| layout::fixed_blocks(&sb, g))
+            .collect();
+        self.itables = groups.iter().map(|g| g.inode_table).collect();
+        self.alloc = Allocator::new(Geometry::from_superblock(&sb), groups, locations, fixed);
+        self.cache = BufferCache::new(CACHE_BLOCKS);
+        *self.sb_live.lock().unwrap_or_else(|e| e.into_inner()) = super::SbLive {
+            last_orphan: sb.last_orphan,
+        };
+        self.sb = sb;
         Ok(())
     }
 

@@ -61,6 +61,16 @@ impl Fs {
         Ok(d)
     }
 
+    /// The directory `name` is about to be created in: it must exist and not hold `name` yet.
+    fn dir_for_new_entry(&self, dir: Ino, name: &[u8]) -> Result<Inode> {
+        let d = self.dir_for_change(dir)?;
+        match self.find_entry(dir, &d, name) {
+            Ok(_) => Err(Errno::EEXIST),
+            Err(Errno::ENOENT) => Ok(d),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Allocate and initialize a new inode (not yet linked anywhere).
     fn new_inode(&self, parent: Ino, pdir: &Inode, mode: u32, ctx: &Ctx) -> Result<(Ino, Inode)> {
         let is_dir = mode & inode::S_IFMT == inode::S_IFDIR;
@@ -143,12 +153,7 @@ impl Fs {
             return Err(Errno::EINVAL);
         }
         let _g = self.ns_write();
-        let mut pdir = self.dir_for_change(parent)?;
-        match self.find_entry(parent, &pdir, name) {
-            Ok(_) => return Err(Errno::EEXIST),
-            Err(Errno::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
+        let mut pdir = self.dir_for_new_entry(parent, name)?;
         let (ino, mut i) = self.new_inode(parent, &pdir, mode, ctx)?;
         if ft == inode::S_IFCHR || ft == inode::S_IFBLK {
             let (major, minor) = (
@@ -176,12 +181,7 @@ impl Fs {
         self.writable()?;
         check_name(name)?;
         let _g = self.ns_write();
-        let mut pdir = self.dir_for_change(parent)?;
-        match self.find_entry(parent, &pdir, name) {
-            Ok(_) => return Err(Errno::EEXIST),
-            Err(Errno::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
+        let mut pdir = self.dir_for_new_entry(parent, name)?;
         if pdir.links_count >= EXT4_LINK_MAX && !self.sb.has_ro_compat(ro_compat::DIR_NLINK) {
             return Err(Errno::EMLINK);
         }
@@ -208,12 +208,7 @@ impl Fs {
             return Err(Errno::ENAMETOOLONG);
         }
         let _g = self.ns_write();
-        let mut pdir = self.dir_for_change(parent)?;
-        match self.find_entry(parent, &pdir, name) {
-            Ok(_) => return Err(Errno::EEXIST),
-            Err(Errno::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
+        let mut pdir = self.dir_for_new_entry(parent, name)?;
         let (ino, mut i) = self.new_inode(parent, &pdir, inode::S_IFLNK | 0o777, ctx)?;
         i.size = target.len() as u64;
         if target.len() < I_BLOCK_LEN {
@@ -254,12 +249,7 @@ impl Fs {
         if i.links_count >= EXT4_LINK_MAX {
             return Err(Errno::EMLINK);
         }
-        let mut pdir = self.dir_for_change(newparent)?;
-        match self.find_entry(newparent, &pdir, newname) {
-            Ok(_) => return Err(Errno::EEXIST),
-            Err(Errno::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
+        let mut pdir = self.dir_for_new_entry(newparent, newname)?;
         self.add_entry(newparent, &mut pdir, newname, ino, ft_of(i.mode as u32))?;
         self.touch_dir(&mut pdir);
         self.store_inode(newparent, &pdir)?;

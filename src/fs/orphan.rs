@@ -62,3 +62,40 @@ impl Fs {
         }
     }
 }
+
+impl Fs {
+    /// At a writable mount: finish what a crash interrupted. Inodes on the orphan list with no
+    /// links left are freed; linked ones (an interrupted truncate) lose their blocks past i_size.
+    pub(super) fn process_orphans(&self) -> Result<()> {
+        let _g = self.ns_write();
+        let mut next = self
+            .sb_live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_orphan as Ino;
+        let mut done = 0u32;
+        while next != 0 {
+            if done >= self.sb.inodes_count {
+                return Err(crate::corrupt!("the orphan list loops"));
+            }
+            let ino = next;
+            let mut i = self.read_inode(ino)?;
+            next = i.dtime as Ino;
+            self.orphan_del(ino, &i)?;
+            if i.links_count == 0 {
+                self.free_inode(ino, &mut i)?;
+            } else {
+                let bs = self.block_size as u64;
+                let keep = i.size.div_ceil(bs);
+                self.truncate_blocks(ino, &mut i, keep)?;
+                i.dtime = 0;
+                self.store_inode(ino, &i)?;
+            }
+            done += 1;
+        }
+        if done > 0 {
+            log::warn!("cleaned up {done} orphan inode(s) left by an unclean shutdown");
+        }
+        Ok(())
+    }
+}

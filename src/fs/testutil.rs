@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::blockdev::FileDevice;
+pub(super) use crate::test_support::e2fsck_clean;
 use std::path::Path;
 use std::process::Command;
 
@@ -79,19 +80,4 @@ pub(super) fn mount_rw(img: &Path) -> Fs {
     let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only: false }).unwrap();
     assert!(!fs.is_read_only(), "the image should mount writable");
     fs
-}
-
-/// e2fsck -fn must find nothing to fix.
-pub(super) fn e2fsck_clean(img: &Path) {
-    let out = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(img)
-        .output()
-        .expect("e2fsck is required");
-    assert!(
-        out.status.success(),
-        "e2fsck -fn found problems:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -7,6 +7,7 @@ pub mod extent;
 pub mod group;
 pub mod htree;
 pub mod inode;
+pub mod jbd2;
 pub mod le;
 pub mod superblock;
 pub mod xattr;
