@@ -82,7 +82,10 @@ impl Fs {
         let frozen = self.cache.freeze();
         let bs = self.block_size as u64;
         if let Some(j) = &self.journal {
-            j.commit(self.dev.as_ref(), bs, &frozen.blocks)?;
+            j.commit(self.dev.as_ref(), &frozen.blocks).map_err(|e| {
+                log::error!("journal commit failed: {e}");
+                Errno::EIO
+            })?;
         }
         for (b, d) in &frozen.blocks {
             self.dev.write_at(d, b * bs).map_err(|e| {
@@ -98,7 +101,10 @@ impl Fs {
             && !frozen.blocks.is_empty()
         {
             // Checkpointed: the log is empty again (made durable by the next flush).
-            j.reset(self.dev.as_ref(), bs)?;
+            j.reset(self.dev.as_ref()).map_err(|e| {
+                log::error!("resetting the journal failed: {e}");
+                Errno::EIO
+            })?;
         }
         self.cache.checkpointed(&frozen);
         Ok(())

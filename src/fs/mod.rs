@@ -56,7 +56,7 @@ pub struct Fs {
     /// Superblock fields that change while mounted.
     sb_live: Mutex<SbLive>,
     /// The internal journal, when the image has one and it is written.
-    journal: Option<journal::Journal>,
+    journal: Option<crate::journal::commit::JournalWriter>,
 }
 
 /// Superblock fields kept up to date in memory and written at each commit.

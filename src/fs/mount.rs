@@ -137,7 +137,8 @@ impl Fs {
             return Err("the image has an external journal, which is not supported".into());
         }
         let jino = self.sb.journal_inum as u64;
-        let mut j = super::journal::Journal::load(self, jino)
+        let mut j = self
+            .load_journal(jino)
             .map_err(|e| format!("cannot load the journal: {e}"))?;
         if j.needs_recovery() {
             if !writable {
@@ -158,11 +159,12 @@ impl Fs {
                 report.blocks_revoked
             );
             self.reload_after_replay()?;
-            j = super::journal::Journal::load(self, jino)
+            j = self
+                .load_journal(jino)
                 .map_err(|e| format!("cannot load the journal: {e}"))?;
         }
         if writable {
-            if let Some(why) = j.writable_reason() {
+            if let Some(why) = j.unwritable_reason() {
                 log::warn!("serving the image read-only: {why}");
                 self.read_only = true;
                 return Ok(());

@@ -30,4 +30,5 @@
 //!   read-only.
 
 pub mod area;
+pub mod commit;
 pub mod recovery;
