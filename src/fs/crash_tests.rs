@@ -37,6 +37,138 @@ fn e2fsck_journal_only(img: &Path) -> bool {
 
 /// Run a namespace workload; returns the log and, per sync, (log length when it returned, names
 /// that must exist from then on).
+/// The workloads the crash tests cut: namespace churn in one directory, a deep tree with renames
+/// across it, and hard links / symlinks / truncates / xattrs.
+#[derive(Clone, Copy, Debug)]
+enum Workload {
+    Churn,
+    DeepRenames,
+    LinksAndAttrs,
+}
+
+fn run_workload(
+    kind: Workload,
+    dev: Arc<RecordingDevice<MemDevice>>,
+) -> (Vec<Event>, Vec<(usize, Vec<String>)>) {
+    match kind {
+        Workload::Churn => workload(dev),
+        Workload::DeepRenames => deep_renames(dev),
+        Workload::LinksAndAttrs => links_and_attrs(dev),
+    }
+}
+
+fn deep_renames(dev: Arc<RecordingDevice<MemDevice>>) -> (Vec<Event>, Vec<(usize, Vec<String>)>) {
+    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    let mut synced = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut parent = ROOT_INO;
+    let mut path = String::new();
+    for d in 0..15 {
+        let n = format!("level{d}");
+        parent = fs.mkdir(parent, n.as_bytes(), 0o755, &ctx()).unwrap().ino;
+        path = if path.is_empty() {
+            n
+        } else {
+            format!("{path}/{n}")
+        };
+        names.push(path.clone());
+        for f in 0..20 {
+            fs.mknod(
+                parent,
+                format!("f{f}").as_bytes(),
+                libc::S_IFREG | 0o600,
+                0,
+                &ctx(),
+            )
+            .unwrap();
+        }
+        // Move half of the files to the root and back into a new name: cross-directory renames.
+        for f in (0..20).step_by(2) {
+            let tmp = format!("t{d}-{f}");
+            fs.rename(
+                parent,
+                format!("f{f}").as_bytes(),
+                ROOT_INO,
+                tmp.as_bytes(),
+                0,
+            )
+            .unwrap();
+            fs.rename(
+                ROOT_INO,
+                tmp.as_bytes(),
+                parent,
+                format!("g{f}").as_bytes(),
+                0,
+            )
+            .unwrap();
+            names.push(format!("{path}/g{f}"));
+        }
+        if d % 3 == 2 {
+            fs.sync().unwrap();
+            synced.push((dev.events().len(), names.clone()));
+        }
+    }
+    fs.shutdown().unwrap();
+    (dev.events(), synced)
+}
+
+fn links_and_attrs(
+    dev: Arc<RecordingDevice<MemDevice>>,
+) -> (Vec<Event>, Vec<(usize, Vec<String>)>) {
+    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    let mut synced = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    let a = fs.mkdir(ROOT_INO, b"a", 0o755, &ctx()).unwrap();
+    let b = fs.mkdir(ROOT_INO, b"b", 0o755, &ctx()).unwrap();
+    names.extend(["a".to_string(), "b".to_string()]);
+    for i in 0..120 {
+        let n = format!("file{i}");
+        let f = fs
+            .mknod(a.ino, n.as_bytes(), libc::S_IFREG | 0o644, 0, &ctx())
+            .unwrap();
+        fs.setattr(
+            f.ino,
+            &SetAttr {
+                size: Some((i as u64 + 1) * 7000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        fs.link(f.ino, b.ino, format!("link{i}").as_bytes())
+            .unwrap();
+        fs.symlink(
+            b.ino,
+            format!("sym{i}").as_bytes(),
+            format!("../a/{n}").repeat(1 + i % 3).as_bytes(),
+            &ctx(),
+        )
+        .unwrap();
+        fs.setxattr(f.ino, b"user.i", &vec![b'x'; 40 + (i % 5) * 300], 0)
+            .unwrap();
+        if i % 3 == 0 {
+            fs.unlink(a.ino, n.as_bytes()).unwrap();
+            fs.setattr(
+                f.ino,
+                &SetAttr {
+                    size: Some(0),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        } else {
+            names.push(format!("a/{n}"));
+        }
+        names.push(format!("b/link{i}"));
+        names.push(format!("b/sym{i}"));
+        if i % 20 == 19 {
+            fs.sync().unwrap();
+            synced.push((dev.events().len(), names.clone()));
+        }
+    }
+    fs.shutdown().unwrap();
+    (dev.events(), synced)
+}
+
 fn workload(dev: Arc<RecordingDevice<MemDevice>>) -> (Vec<Event>, Vec<(usize, Vec<String>)>) {
     let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
     assert!(!fs.is_read_only());
@@ -122,9 +254,17 @@ fn exists(fs: &Fs, path: &str) -> bool {
 #[test]
 fn journal_survives_crashes_at_every_flush_and_random_points() {
     let t = tempfile::tempdir().unwrap();
-    for opts in [
-        &["-t", "ext4", "-b", "4096"][..],
-        &["-t", "ext4", "-b", "1024", "-O", "^metadata_csum"],
+    for (kind, opts) in [
+        (Workload::Churn, &["-t", "ext4", "-b", "4096"][..]),
+        (
+            Workload::Churn,
+            &["-t", "ext4", "-b", "1024", "-O", "^metadata_csum"],
+        ),
+        (Workload::DeepRenames, &["-t", "ext4", "-b", "1024"]),
+        (
+            Workload::LinksAndAttrs,
+            &["-t", "ext4", "-b", "4096", "-O", "^metadata_csum,^64bit"],
+        ),
     ] {
         let src = t.path().join("empty");
         std::fs::create_dir_all(&src).unwrap();
@@ -132,7 +272,7 @@ fn journal_survives_crashes_at_every_flush_and_random_points() {
         mkfs(&src, &img, opts, "16M");
         let base = std::fs::read(&img).unwrap();
         let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));
-        let (log, synced) = workload(dev.clone());
+        let (log, synced) = run_workload(kind, dev.clone());
         let flushes: Vec<usize> = log
             .iter()
             .enumerate()
@@ -167,7 +307,7 @@ fn journal_survives_crashes_at_every_flush_and_random_points() {
                     .unwrap();
                 assert!(
                     out.status.success(),
-                    "{opts:?}: after the kernel replayed cut {cut}:\n{}",
+                    "{kind:?} {opts:?}: after the kernel replayed cut {cut}:\n{}",
                     String::from_utf8_lossy(&out.stdout)
                 );
             }
@@ -179,7 +319,7 @@ fn journal_survives_crashes_at_every_flush_and_random_points() {
                 .unwrap();
             assert!(
                 out.status.success(),
-                "{opts:?}: cut {n} at event {cut} of {}: e2fsck -fn after replay:\n{}",
+                "{kind:?} {opts:?}: cut {n} at event {cut} of {}: e2fsck -fn after replay:\n{}",
                 log.len(),
                 String::from_utf8_lossy(&out.stdout)
             );
@@ -189,14 +329,14 @@ fn journal_survives_crashes_at_every_flush_and_random_points() {
                 for name in names {
                     assert!(
                         exists(&fs, name),
-                        "{opts:?}: cut at {cut}: synced entry {name} is missing"
+                        "{kind:?} {opts:?}: cut at {cut}: synced entry {name} is missing"
                     );
                 }
             }
         }
         assert!(
             replayed >= 5,
-            "{opts:?}: only {replayed} of {} cuts left a journal to replay",
+            "{kind:?} {opts:?}: only {replayed} of {} cuts left a journal to replay",
             cuts.len()
         );
     }
