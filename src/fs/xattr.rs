@@ -166,8 +166,33 @@ impl Fs {
         if index == INDEX_SYSTEM {
             return Err(Errno::EOPNOTSUPP);
         }
+        // An access ACL also sets the permission bits, as the kernel's posix_acl_update_mode
+        // does; one that says no more than the mode is not stored at all.
+        let mut acl_mode: Option<u32> = None;
         let stored: Option<Vec<u8>> = match value {
-            Some(v) if index == INDEX_ACL_ACCESS || index == INDEX_ACL_DEFAULT => {
+            Some(v) if index == INDEX_ACL_ACCESS => {
+                let entries = acl::parse_xattr(v).map_err(|_| Errno::EINVAL)?;
+                acl::validate(&entries).map_err(|_| Errno::EINVAL)?;
+                let perm = |tag: u16| {
+                    entries
+                        .iter()
+                        .find(|e| e.0 == tag)
+                        .map_or(0, |e| e.1 as u32 & 7)
+                };
+                let group = if entries.iter().any(|e| e.0 == acl::ACL_MASK) {
+                    acl::ACL_MASK
+                } else {
+                    acl::ACL_GROUP_OBJ
+                };
+                acl_mode =
+                    Some(perm(acl::ACL_USER_OBJ) << 6 | perm(group) << 3 | perm(acl::ACL_OTHER));
+                if entries.len() == 3 {
+                    None
+                } else {
+                    Some(acl::encode_disk(&entries))
+                }
+            }
+            Some(v) if index == INDEX_ACL_DEFAULT => {
                 Some(acl::xattr_to_disk(v).map_err(|_| Errno::EINVAL)?)
             }
             Some(v) => Some(v.to_vec()),
@@ -175,6 +200,9 @@ impl Fs {
         };
         let _g = self.ns_write();
         let mut inode = self.read_inode(ino)?;
+        if let Some(m) = acl_mode {
+            inode.mode = ((inode.mode as u32 & !0o777) | m) as u16;
+        }
         if index == INDEX_ACL_DEFAULT && !inode.is_dir() && stored.is_some() {
             return Err(Errno::EACCES);
         }
@@ -191,6 +219,7 @@ impl Fs {
         match (pos, stored) {
             (Some(_), Some(_)) if flags & XATTR_CREATE != 0 => return Err(Errno::EEXIST),
             (None, Some(_)) if flags & XATTR_REPLACE != 0 => return Err(Errno::ENODATA),
+            (None, None) if acl_mode.is_some() => {}
             (None, None) => return Err(Errno::ENODATA),
             (Some(p), Some(v)) => list[p].2 = v,
             (None, Some(v)) => list.push((index, suffix.to_vec(), v)),
