@@ -8,6 +8,7 @@
 
 use super::queue::{self, Chain, Core, MAX_QUEUE_SIZE, Mem, Vring, complete, config_window, drain};
 use crate::blockdev::BlockDevice;
+use crate::ondisk::le;
 use log::{debug, warn};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -155,8 +156,8 @@ impl BlkDevice {
             warn!("blk queue {queue}: chain {head}: request shorter than its header: IOERR");
             return status(VIRTIO_BLK_S_IOERR, &w);
         }
-        let kind = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
-        let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap());
+        let kind = le::u32_at(&hdr, 0);
+        let sector = le::u64_at(&hdr, 8);
         let s = match kind {
             VIRTIO_BLK_T_IN => self.read(&mut w, sector, queue),
             VIRTIO_BLK_T_OUT => self.write(&mut r, sector, queue),
@@ -276,9 +277,9 @@ impl BlkDevice {
             if r.read_exact(&mut s).is_err() {
                 return VIRTIO_BLK_S_IOERR;
             }
-            let sector = u64::from_le_bytes(s[0..8].try_into().unwrap());
-            let sectors = u32::from_le_bytes(s[8..12].try_into().unwrap());
-            let flags = u32::from_le_bytes(s[12..16].try_into().unwrap());
+            let sector = le::u64_at(&s, 0);
+            let sectors = le::u32_at(&s, 8);
+            let flags = le::u32_at(&s, 12);
             // The unmap flag is reserved for DISCARD; no other flag exists.
             let allowed = if zeroes {
                 VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
