@@ -20,67 +20,55 @@ struct Cli {
     command: Command,
 }
 
+/// Arguments every vhost-user backend takes (the vhost-user backend program conventions).
+#[derive(clap::Args)]
+struct Backend {
+    /// Unix socket to create and listen on (the VMM connects to it).
+    #[arg(long, required_unless_present_any = ["fd", "print_capabilities"])]
+    socket_path: Option<PathBuf>,
+    /// An already listening Unix socket inherited from the launcher.
+    #[arg(long, conflicts_with = "socket_path")]
+    fd: Option<i32>,
+    /// The ext4 image.
+    #[arg(long, required_unless_present = "print_capabilities")]
+    image: Option<PathBuf>,
+    /// Serve the image read-only.
+    #[arg(long)]
+    readonly: bool,
+    /// Request queues (fs: besides the high-priority queue).
+    #[arg(long, default_value_t = 1)]
+    queues: usize,
+    /// Print the vhost-user backend capabilities as JSON and exit.
+    #[arg(long)]
+    print_capabilities: bool,
+    /// Log filter: error, warn, info, debug, trace (or an env_logger filter string).
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve IMAGE to a VM as a vhost-user-fs backend (the guest runs `mount -t virtiofs TAG /mnt`).
     Fs {
-        /// Unix socket to create and listen on (the VMM connects to it).
-        #[arg(long, required_unless_present_any = ["fd", "print_capabilities"])]
-        socket_path: Option<PathBuf>,
-        /// An already listening Unix socket inherited from the launcher.
-        #[arg(long, conflicts_with = "socket_path")]
-        fd: Option<i32>,
-        /// The ext4 image.
-        #[arg(long, required_unless_present = "print_capabilities")]
-        image: Option<PathBuf>,
+        #[command(flatten)]
+        backend: Backend,
         /// The tag the guest mounts (at most 36 bytes).
         #[arg(long)]
         tag: Option<String>,
         /// Request worker threads (default: CPUs; 0 serves requests in the queue threads).
         #[arg(long)]
         thread_pool_size: Option<usize>,
-        /// Request queues besides the high-priority queue.
-        #[arg(long, default_value_t = 1)]
-        queues: usize,
-        /// Serve the image read-only.
-        #[arg(long)]
-        readonly: bool,
-        /// Print the vhost-user backend capabilities as JSON and exit.
-        #[arg(long)]
-        print_capabilities: bool,
-        /// Log filter: error, warn, info, debug, trace (or an env_logger filter string).
-        #[arg(long, default_value = "warn")]
-        log_level: String,
     },
     /// Export IMAGE to a VM as a vhost-user-blk device (the guest runs its own ext4).
     Blk {
-        /// Unix socket to create and listen on.
-        #[arg(long, required_unless_present_any = ["fd", "print_capabilities"])]
-        socket_path: Option<PathBuf>,
-        /// An already listening Unix socket inherited from the launcher.
-        #[arg(long, conflicts_with = "socket_path")]
-        fd: Option<i32>,
-        /// The image to export.
-        #[arg(long, required_unless_present = "print_capabilities")]
-        image: Option<PathBuf>,
-        /// Export read-only.
-        #[arg(long)]
-        readonly: bool,
-        /// Virtqueues.
-        #[arg(long, default_value_t = 1)]
-        queues: usize,
+        #[command(flatten)]
+        backend: Backend,
         /// Serial number the guest reads (at most 20 bytes).
         #[arg(long)]
         serial: Option<String>,
         /// Logical block size: 512 or 4096.
         #[arg(long, default_value_t = 512)]
         block_size: u32,
-        /// Print the vhost-user backend capabilities as JSON and exit.
-        #[arg(long)]
-        print_capabilities: bool,
-        /// Log filter: error, warn, info, debug, trace (or an env_logger filter string).
-        #[arg(long, default_value = "warn")]
-        log_level: String,
     },
     /// Mount an ext4 image on the host through FUSE and serve it in the foreground.
     Mount {
@@ -234,49 +222,37 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Fs {
-            socket_path,
-            fd,
-            image,
+            backend: b,
             tag,
             thread_pool_size,
-            queues,
-            readonly,
-            print_capabilities,
-            log_level,
         } => {
-            init_logging(&log_level);
+            init_logging(&b.log_level);
             vhost_ext4::vhost::run_fs(vhost_ext4::vhost::FsArgs {
-                socket_path,
-                fd,
-                image,
+                socket_path: b.socket_path,
+                fd: b.fd,
+                image: b.image,
                 tag,
                 thread_pool_size,
-                readonly,
-                print_capabilities,
-                queues,
+                readonly: b.readonly,
+                print_capabilities: b.print_capabilities,
+                queues: b.queues,
             })
         }
         Command::Blk {
-            socket_path,
-            fd,
-            image,
-            readonly,
-            queues,
+            backend: b,
             serial,
             block_size,
-            print_capabilities,
-            log_level,
         } => {
-            init_logging(&log_level);
+            init_logging(&b.log_level);
             vhost_ext4::vhost::run_blk(vhost_ext4::vhost::BlkArgs {
-                socket_path,
-                fd,
-                image,
-                readonly,
-                queues,
+                socket_path: b.socket_path,
+                fd: b.fd,
+                image: b.image,
+                readonly: b.readonly,
+                queues: b.queues,
                 serial,
                 block_size,
-                print_capabilities,
+                print_capabilities: b.print_capabilities,
             })
         }
         Command::Mount {
