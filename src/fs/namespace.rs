@@ -114,6 +114,40 @@ impl Fs {
         Ok((ino, i))
     }
 
+    /// Write a new inode and name it in `parent`; on failure the inode (and any block it got) is
+    /// released again, so an error leaves nothing allocated behind.
+    fn link_new_inode(
+        &self,
+        parent: Ino,
+        pdir: &mut Inode,
+        name: &[u8],
+        ino: Ino,
+        i: &mut Inode,
+        ft: u8,
+    ) -> Result<()> {
+        let r = self
+            .store_inode(ino, i)
+            .and_then(|_| self.add_entry(parent, pdir, name, ino, ft));
+        if let Err(e) = r {
+            // add_entry may have grown the directory before failing: keep its inode in step.
+            if let Err(e2) = self.store_inode(parent, pdir) {
+                log::error!(
+                    "inode {parent}: storing the directory after a failed insert failed: {e2}"
+                );
+            }
+            return Err(self.undo_new_inode(ino, i, e));
+        }
+        Ok(())
+    }
+
+    /// Release an inode created by a failing operation; returns the operation's error.
+    fn undo_new_inode(&self, ino: Ino, i: &mut Inode, err: Errno) -> Errno {
+        if let Err(e) = self.free_inode(ino, i) {
+            log::error!("inode {ino}: releasing it after a failed create ({err}) failed: {e}");
+        }
+        err
+    }
+
     fn next_generation(&self) -> u32 {
         use std::sync::atomic::Ordering;
         let n = self.next_fh.fetch_add(1, Ordering::Relaxed) as u32;
@@ -168,8 +202,7 @@ impl Fs {
                 i.block[4..8].copy_from_slice(&new.to_le_bytes());
             }
         }
-        self.store_inode(ino, &i)?;
-        self.add_entry(parent, &mut pdir, name, ino, ft_of(mode))?;
+        self.link_new_inode(parent, &mut pdir, name, ino, &mut i, ft_of(mode))?;
         self.touch_dir(&mut pdir);
         self.store_inode(parent, &pdir)?;
         self.commit_if_large()?;
@@ -187,9 +220,10 @@ impl Fs {
         }
         let (ino, mut i) = self.new_inode(parent, &pdir, (mode & 0o7777) | inode::S_IFDIR, ctx)?;
         i.links_count = 2;
-        self.init_dir_block(ino, &mut i, parent)?;
-        self.store_inode(ino, &i)?;
-        self.add_entry(parent, &mut pdir, name, ino, dirent::FT_DIR)?;
+        if let Err(e) = self.init_dir_block(ino, &mut i, parent) {
+            return Err(self.undo_new_inode(ino, &mut i, e));
+        }
+        self.link_new_inode(parent, &mut pdir, name, ino, &mut i, dirent::FT_DIR)?;
         self.inc_dir_links(&mut pdir);
         self.touch_dir(&mut pdir);
         self.store_inode(parent, &pdir)?;
@@ -221,13 +255,15 @@ impl Fs {
                 .alloc
                 .geo
                 .group_first_block(((ino - 1) / self.sb.inodes_per_group as u64) as u32);
-            let pblk = self.map_new_block(ino, &mut i, 0, goal)?;
+            let pblk = match self.map_new_block(ino, &mut i, 0, goal) {
+                Ok(p) => p,
+                Err(e) => return Err(self.undo_new_inode(ino, &mut i, e)),
+            };
             let mut b = self.new_block_buf();
             b[..target.len()].copy_from_slice(target);
             self.put_block(pblk, b);
         }
-        self.store_inode(ino, &i)?;
-        self.add_entry(parent, &mut pdir, name, ino, dirent::FT_SYMLINK)?;
+        self.link_new_inode(parent, &mut pdir, name, ino, &mut i, dirent::FT_SYMLINK)?;
         self.touch_dir(&mut pdir);
         self.store_inode(parent, &pdir)?;
         self.commit_if_large()?;

@@ -372,3 +372,57 @@ fn xattrs_move_between_inode_and_block_and_stay_clean() {
         e2fsck_clean(&img);
     }
 }
+
+#[test]
+fn filling_the_blocks_gives_enospc_and_stays_clean() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = t.path().join("small.img");
+    // 2 MiB of 1 KiB blocks with plenty of inodes: slow symlinks (one block each) run out of
+    // blocks first.
+    mkfs(
+        &src,
+        &img,
+        &[
+            "-t",
+            "ext4",
+            "-b",
+            "1024",
+            "-N",
+            "2048",
+            "-O",
+            "^has_journal",
+        ],
+        "2M",
+    );
+    let fs = mount_rw(&img);
+    let target = "t/".repeat(100);
+    let mut made = Vec::new();
+    let err = loop {
+        match fs.symlink(
+            ROOT_INO,
+            format!("s{}", made.len()).as_bytes(),
+            target.as_bytes(),
+            &ctx(),
+        ) {
+            Ok(a) => made.push(a.ino),
+            Err(e) => break e,
+        }
+    };
+    let made_n = made.len();
+    assert_eq!(err, Errno::ENOSPC);
+    assert!(made_n > 100, "only {made_n} symlinks fit");
+    assert_eq!(fs.statfs().unwrap().bfree, 0);
+    // The failed symlink left nothing behind; removing some frees room again.
+    for (i, ino) in made.iter().enumerate().take(10) {
+        fs.unlink(ROOT_INO, format!("s{i}").as_bytes()).unwrap();
+        // The client's last reference goes: the inode and its block are freed.
+        fs.forget(*ino, 1);
+    }
+    fs.symlink(ROOT_INO, b"again", target.as_bytes(), &ctx())
+        .unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+}
