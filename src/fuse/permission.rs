@@ -145,19 +145,17 @@ mod tests {
     use crate::fs::{MountOptions, ROOT_INO};
     use std::sync::Arc;
 
-    fn writable_fs() -> Fs {
+    fn writable_fs() -> (Fs, Arc<MemDevice>) {
         let bytes =
             crate::fuse::dispatch::tests::make_image().expect("mke2fs (e2fsprogs) is required");
-        Fs::mount(
-            Arc::new(MemDevice::from_vec(bytes)),
-            &MountOptions { read_only: false },
-        )
-        .unwrap()
+        let dev = Arc::new(MemDevice::from_vec(bytes));
+        let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+        (fs, dev)
     }
 
     #[test]
     fn guest_users_get_the_vfs_checks() {
-        let fs = writable_fs();
+        let (fs, dev) = writable_fs();
         let root = Ctx {
             uid: 0,
             gid: 0,
@@ -228,5 +226,10 @@ mod tests {
         );
         let trusted = Op::Removexattr { name: b"trusted.x" };
         assert_eq!(check(&fs, mine.ino, &trusted, &user, id), Err(Errno::EPERM));
+        fs.shutdown().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        std::fs::write(&img, dev.snapshot()).unwrap();
+        crate::test_support::e2fsck_clean(&img);
     }
 }
