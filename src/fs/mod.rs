@@ -53,6 +53,8 @@ pub struct Fs {
     ns: RwLock<()>,
     /// Unlinked inodes still referenced by the client; freed at their last forget.
     orphans: Mutex<HashSet<Ino>>,
+    /// O_TMPFILE inodes: unlinked, yet `link` may still give them a name.
+    linkable: Mutex<HashSet<Ino>>,
     /// Superblock fields that change while mounted.
     sb_live: Mutex<SbLive>,
     /// The internal journal, when the image has one and it is written.

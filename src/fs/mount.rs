@@ -94,6 +94,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             ns: RwLock::new(()),
             orphans: Mutex::new(HashSet::new()),
+            linkable: Mutex::new(HashSet::new()),
             sb_live: Mutex::new(super::SbLive {
                 last_orphan: sb.last_orphan,
             }),

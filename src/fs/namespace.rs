@@ -210,6 +210,29 @@ impl Fs {
         Ok(self.attr_of(ino, &i))
     }
 
+    /// O_TMPFILE: a regular file with no name, on the orphan list until `link` names it or the
+    /// client lets go of it.
+    pub fn tmpfile(&self, parent: Ino, mode: u32, ctx: &Ctx) -> Result<Attr> {
+        self.writable()?;
+        let _g = self.ns_write();
+        let pdir = self.dir_for_change(parent)?;
+        let (ino, mut i) = self.new_inode(parent, &pdir, (mode & 0o7777) | inode::S_IFREG, ctx)?;
+        i.links_count = 0;
+        self.count_lookup(ino);
+        self.linkable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ino);
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ino);
+        if let Err(e) = self.orphan_add(ino, &mut i) {
+            return Err(self.undo_new_inode(ino, &mut i, e));
+        }
+        Ok(self.attr_of(ino, &i))
+    }
+
     pub fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, ctx: &Ctx) -> Result<Attr> {
         self.writable()?;
         check_name(name)?;
@@ -279,7 +302,13 @@ impl Fs {
         if i.is_dir() {
             return Err(Errno::EPERM);
         }
-        if i.links_count == 0 {
+        let was_tmpfile = i.links_count == 0
+            && self
+                .linkable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&ino);
+        if i.links_count == 0 && !was_tmpfile {
             return Err(Errno::ENOENT);
         }
         if i.links_count >= EXT4_LINK_MAX {
@@ -287,6 +316,19 @@ impl Fs {
         }
         let mut pdir = self.dir_for_new_entry(newparent, newname)?;
         self.add_entry(newparent, &mut pdir, newname, ino, ft_of(i.mode as u32))?;
+        if was_tmpfile {
+            // An O_TMPFILE file gets its first name: it leaves the orphan list.
+            self.linkable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino);
+            self.orphans
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino);
+            self.orphan_del(ino, &i)?;
+            i.dtime = 0;
+        }
         self.touch_dir(&mut pdir);
         self.store_inode(newparent, &pdir)?;
         i.links_count += 1;

@@ -44,6 +44,10 @@ impl Fs {
 
     /// The client dropped its last reference to an unlinked inode: free it.
     pub(super) fn reap_if_orphan(&self, ino: Ino) {
+        self.linkable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
         let was = self
             .orphans
             .lock()

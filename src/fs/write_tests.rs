@@ -426,3 +426,33 @@ fn filling_the_blocks_gives_enospc_and_stays_clean() {
     drop(fs);
     e2fsck_clean(&img);
 }
+
+#[test]
+fn tmpfiles_are_orphans_until_linked_or_forgotten() {
+    let t = tempfile::tempdir().unwrap();
+    let img = new_image(t.path(), &["-t", "ext4", "-b", "4096"]);
+    let fs = mount_rw(&img);
+    let free = fs.statfs().unwrap().ffree;
+    let kept = fs.tmpfile(ROOT_INO, 0o600, &ctx()).unwrap();
+    let dropped = fs.tmpfile(ROOT_INO, 0o600, &ctx()).unwrap();
+    assert_eq!((kept.nlink, dropped.nlink), (0, 0));
+    assert_eq!(fs.statfs().unwrap().ffree, free - 2);
+    fs.link(kept.ino, ROOT_INO, b"named").unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, b"named").unwrap().nlink, 1);
+    fs.forget(dropped.ino, 1);
+    assert_eq!(
+        fs.statfs().unwrap().ffree,
+        free - 1,
+        "the forgotten tmpfile is freed"
+    );
+    // An ordinary unlinked file cannot be linked back.
+    let f = fs
+        .mknod(ROOT_INO, b"f", libc::S_IFREG | 0o644, 0, &ctx())
+        .unwrap();
+    fs.unlink(ROOT_INO, b"f").unwrap();
+    assert_eq!(fs.link(f.ino, ROOT_INO, b"again"), Err(Errno::ENOENT));
+    fs.forget(f.ino, 1);
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+}

@@ -457,12 +457,40 @@ impl Dispatcher {
                 fs.removexattr(ino, name)?;
                 Ok(Some(reply::empty(unique)))
             }
+            Op::Tmpfile { arg, .. } => {
+                let a = fs.tmpfile(ino, arg.mode, &ctx)?;
+                let flags = arg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TMPFILE) as u32);
+                let fh = match fs.open(a.ino, flags) {
+                    Ok(fh) => fh,
+                    Err(e) => {
+                        fs.forget(a.ino, 1);
+                        return Err(e);
+                    }
+                };
+                let e = reply::entry_out(
+                    nodeid_of(a.ino),
+                    &a,
+                    self.opts.entry_timeout,
+                    self.opts.attr_timeout,
+                );
+                let o = abi::OpenOut {
+                    fh,
+                    open_flags: 0,
+                    backing_id: 0,
+                };
+                Ok(Some(reply::build(
+                    unique,
+                    abi::EntryOut::SIZE + abi::OpenOut::SIZE,
+                    |v| {
+                        e.encode(v);
+                        o.encode(v);
+                    },
+                )))
+            }
             // File data and space management arrive with the data path.
-            Op::Write { .. }
-            | Op::Tmpfile { .. }
-            | Op::Fallocate(_)
-            | Op::CopyFileRange(_)
-            | Op::CopyFileRange64(_) => Err(Errno::EOPNOTSUPP),
+            Op::Write { .. } | Op::Fallocate(_) | Op::CopyFileRange(_) | Op::CopyFileRange64(_) => {
+                Err(Errno::EOPNOTSUPP)
+            }
             _ => Err(Errno::ENOSYS),
         }
     }
