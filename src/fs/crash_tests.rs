@@ -10,14 +10,6 @@ use crate::blockdev::record::{Event, RecordingDevice, replay};
 use std::path::Path;
 use std::process::Command;
 
-fn ctx() -> Ctx {
-    Ctx {
-        uid: 0,
-        gid: 0,
-        pid: 1,
-    }
-}
-
 /// Replay the journal with e2fsck and nothing else; true when there was a log to replay.
 fn e2fsck_journal_only(img: &Path) -> bool {
     let out = Command::new("e2fsck")
@@ -224,20 +216,8 @@ fn needs_replay(image: &[u8]) -> bool {
 
 /// Let the kernel mount the image (replaying its journal) and unmount it.
 fn kernel_replay(img: &Path) {
-    let mnt = img.with_extension("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let st = Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(img)
-        .arg(&mnt)
-        .status()
-        .expect("mount(8) is required");
-    assert!(
-        st.success(),
-        "the kernel could not mount (and replay) {}: loop devices and root are required",
-        img.display()
-    );
-    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    let mnt = kernel_mount(img, "loop");
+    kernel_umount(&mnt);
 }
 
 fn exists(fs: &Fs, path: &str) -> bool {

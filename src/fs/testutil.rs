@@ -81,3 +81,40 @@ pub(super) fn mount_rw(img: &Path) -> Fs {
     assert!(!fs.is_read_only(), "the image should mount writable");
     fs
 }
+
+/// A root caller.
+pub(super) fn ctx() -> Ctx {
+    Ctx {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    }
+}
+
+/// Loop-mount `img` with the kernel at `img`.mnt with `opts` (e.g. "loop,ro"); returns the mountpoint.
+pub(super) fn kernel_mount(img: &Path, opts: &str) -> std::path::PathBuf {
+    let mnt = img.with_extension("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-o", opts])
+        .arg(img)
+        .arg(&mnt)
+        .status()
+        .expect("mount(8) is required");
+    assert!(
+        st.success(),
+        "the kernel could not mount {} ({opts}): loop devices and root are required",
+        img.display()
+    );
+    mnt
+}
+
+pub(super) fn kernel_umount(mnt: &Path) {
+    assert!(
+        Command::new("umount")
+            .arg(mnt)
+            .status()
+            .expect("umount(8) is required")
+            .success()
+    );
+}

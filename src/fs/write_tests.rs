@@ -6,30 +6,10 @@ use super::xattr::{XATTR_CREATE, XATTR_REPLACE};
 use super::*;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
-
-fn ctx() -> Ctx {
-    Ctx {
-        uid: 0,
-        gid: 0,
-        pid: 1,
-    }
-}
 
 /// The tree as the kernel sees it: path → (kind, link target).
 fn kernel_tree(img: &Path) -> BTreeMap<String, String> {
-    let mnt = img.with_extension("kmnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let st = Command::new("mount")
-        .args(["-o", "loop,ro"])
-        .arg(img)
-        .arg(&mnt)
-        .status()
-        .expect("mount(8) is required");
-    assert!(
-        st.success(),
-        "the kernel refused to mount the image (loop devices and root are required)"
-    );
+    let mnt = kernel_mount(img, "loop,ro");
     let mut out = BTreeMap::new();
     let mut stack = vec![mnt.clone()];
     while let Some(d) = stack.pop() {
@@ -49,7 +29,7 @@ fn kernel_tree(img: &Path) -> BTreeMap<String, String> {
             out.insert(rel, kind);
         }
     }
-    Command::new("umount").arg(&mnt).status().unwrap();
+    kernel_umount(&mnt);
     out
 }
 

@@ -422,32 +422,7 @@ impl Dispatcher {
                     other => other?,
                 };
                 let flags = arg.flags & !((libc::O_CREAT | libc::O_EXCL) as u32);
-                let fh = match fs.open(a.ino, flags) {
-                    Ok(fh) => fh,
-                    Err(e) => {
-                        fs.forget(a.ino, 1);
-                        return Err(e);
-                    }
-                };
-                let e = reply::entry_out(
-                    nodeid_of(a.ino),
-                    &a,
-                    self.opts.entry_timeout,
-                    self.opts.attr_timeout,
-                );
-                let o = abi::OpenOut {
-                    fh,
-                    open_flags: 0,
-                    backing_id: 0,
-                };
-                Ok(Some(reply::build(
-                    unique,
-                    abi::EntryOut::SIZE + abi::OpenOut::SIZE,
-                    |v| {
-                        e.encode(v);
-                        o.encode(v);
-                    },
-                )))
+                self.open_created(unique, &a, flags).map(Some)
             }
             Op::Setxattr { arg, name, value } => {
                 fs.setxattr(ino, name, value, arg.flags)?;
@@ -460,32 +435,7 @@ impl Dispatcher {
             Op::Tmpfile { arg, .. } => {
                 let a = fs.tmpfile(ino, arg.mode, &ctx)?;
                 let flags = arg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TMPFILE) as u32);
-                let fh = match fs.open(a.ino, flags) {
-                    Ok(fh) => fh,
-                    Err(e) => {
-                        fs.forget(a.ino, 1);
-                        return Err(e);
-                    }
-                };
-                let e = reply::entry_out(
-                    nodeid_of(a.ino),
-                    &a,
-                    self.opts.entry_timeout,
-                    self.opts.attr_timeout,
-                );
-                let o = abi::OpenOut {
-                    fh,
-                    open_flags: 0,
-                    backing_id: 0,
-                };
-                Ok(Some(reply::build(
-                    unique,
-                    abi::EntryOut::SIZE + abi::OpenOut::SIZE,
-                    |v| {
-                        e.encode(v);
-                        o.encode(v);
-                    },
-                )))
+                self.open_created(unique, &a, flags).map(Some)
             }
             // File data and space management arrive with the data path.
             Op::Write { .. } | Op::Fallocate(_) | Op::CopyFileRange(_) | Op::CopyFileRange64(_) => {
@@ -581,6 +531,37 @@ impl Dispatcher {
             out.encode(v);
             v.truncate(start + size);
         })))
+    }
+
+    /// CREATE / TMPFILE: open the inode just made and answer entry + open; if the open fails the
+    /// reference the create counted is given back.
+    fn open_created(&self, unique: u64, a: &Attr, flags: u32) -> Result<Vec<u8>, Errno> {
+        let fh = match self.fs.open(a.ino, flags) {
+            Ok(fh) => fh,
+            Err(e) => {
+                self.fs.forget(a.ino, 1);
+                return Err(e);
+            }
+        };
+        let e = reply::entry_out(
+            nodeid_of(a.ino),
+            a,
+            self.opts.entry_timeout,
+            self.opts.attr_timeout,
+        );
+        let o = abi::OpenOut {
+            fh,
+            open_flags: 0,
+            backing_id: 0,
+        };
+        Ok(reply::build(
+            unique,
+            abi::EntryOut::SIZE + abi::OpenOut::SIZE,
+            |v| {
+                e.encode(v);
+                o.encode(v);
+            },
+        ))
     }
 
     fn destroy(&self, unique: u64) -> Handled {
