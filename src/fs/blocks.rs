@@ -1,5 +1,5 @@
 //! Changing which blocks an inode owns: mapping new blocks and truncating, with `i_blocks` kept
-//! exact. Extent-mapped inodes only; inodes with indirect maps are read-only for growth.
+//! exact. Extent-mapped inodes go through the extent tree, the others through `indirect`.
 //!
 //! Lock order: callers hold the file system's namespace write lock; allocation and the buffer
 //! cache take their own short internal locks below it.
@@ -101,13 +101,26 @@ impl Fs {
         inode.blocks_raw = (inode.blocks_raw as i64 + blocks * per).max(0) as u64;
     }
 
-    fn require_extents(&self, ino: Ino, inode: &Inode) -> Result<()> {
-        if inode.has_flag(flags::EXTENTS) {
-            Ok(())
-        } else {
-            log::warn!("inode {ino} uses an indirect block map; growing it is not supported");
-            Err(Errno::EOPNOTSUPP)
+    /// True for an inode whose `i_block` holds no block map at all: device nodes, FIFOs,
+    /// sockets, fast symlinks (the target text) and inline data.
+    fn owns_no_block_map(&self, inode: &Inode) -> bool {
+        if inode.has_flag(flags::INLINE_DATA) {
+            return true;
         }
+        if !(inode.is_reg() || inode.is_dir() || inode.is_symlink()) {
+            return true;
+        }
+        if inode.is_symlink() && !inode.has_flag(flags::EXTENTS) {
+            // A fast symlink owns no data blocks (an xattr block aside): the kernel's
+            // ext4_inode_is_fast_symlink.
+            let ea_blocks = if inode.file_acl != 0 {
+                (self.block_size / 512) as u64
+            } else {
+                0
+            };
+            return inode.blocks_raw.saturating_sub(ea_blocks) == 0;
+        }
+        false
     }
 
     /// Allocate and map one block at `lblk` (which must be a hole). Returns the physical block.
@@ -118,7 +131,15 @@ impl Fs {
         lblk: u32,
         goal: u64,
     ) -> Result<u64> {
-        self.require_extents(ino, inode)?;
+        if inode.has_flag(flags::INLINE_DATA) {
+            log::warn!("inode {ino} keeps its data inline; mapping blocks to it is not supported");
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if !inode.has_flag(flags::EXTENTS) {
+            let (pblk, gained) = self.ind_map_new(ino, inode, lblk as u64, goal)?;
+            self.adjust_blocks(inode, gained);
+            return Ok(pblk);
+        }
         let (pblk, _) = self.alloc.alloc_blocks(self, goal, 1)?;
         let io = NodeIo::new(self, ino, inode);
         let mut root = inode.block;
@@ -139,16 +160,13 @@ impl Fs {
 
     /// Free every block mapped at or after logical block `from` (truncate).
     pub(super) fn truncate_blocks(&self, ino: Ino, inode: &mut Inode, from: u64) -> Result<()> {
-        if inode.has_flag(flags::INLINE_DATA) {
+        if self.owns_no_block_map(inode) {
             return Ok(());
         }
         if !inode.has_flag(flags::EXTENTS) {
-            // Fast symlinks and device nodes own no blocks; anything else with an indirect map
-            // cannot be shrunk here.
-            if inode.blocks_raw == 0 || inode.is_symlink() {
-                return Ok(());
-            }
-            return self.require_extents(ino, inode);
+            let freed = self.ind_truncate(ino, inode, from)?;
+            self.adjust_blocks(inode, -freed);
+            return Ok(());
         }
         let io = NodeIo::new(self, ino, inode);
         let mut root = inode.block;

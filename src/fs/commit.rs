@@ -1,18 +1,40 @@
-//! Making changes durable. Without a journal (images made with `^has_journal`, like the kernel's
-//! no-journal mode) a commit writes the running transaction's blocks home and flushes; the
-//! superblock's counters and state are refreshed first so e2fsck finds them exact.
+//! Making changes durable: journal handles, commits, checkpoints, and the commit thread.
 //!
-//! Lock order: `ns` write lock (so the transaction holds whole operations) → buffer cache.
+//! An operation starts as a handle ([`Fs::start_handle`]): when the running transaction could
+//! outgrow its limit with the blocks the operation may dirty (its credits), the transaction is
+//! committed first. A commit freezes the running transaction under the namespace lock (a new one
+//! starts at once), then — holding only the commit lock — logs it in the journal with two
+//! flushes. Its blocks stay in the buffer cache as committed-not-home until a checkpoint writes
+//! the newest copy of each home, flushes, and marks the log empty; that happens when the log has
+//! no room for the next commit, in the commit thread when the log is half full, and at unmount.
+//!
+//! Without a journal (images made with `^has_journal`, like the kernel's no-journal mode) a
+//! commit writes the running transaction's blocks home and flushes; the superblock's counters
+//! and state are refreshed first so e2fsck finds them exact.
+//!
+//! Lock order: commit lock → `ns` (briefly, to freeze) → buffer cache → journal log state.
+//! Operations take `ns` without the commit lock; a handle that must commit does so before it
+//! takes `ns`.
 
 use super::Fs;
 use super::blocks::now;
 use super::types::Ino;
 use crate::alloc::MetaIo;
+use crate::cache::Frozen;
 use crate::errno::{Errno, Result};
 use crate::ondisk::le::{put_u16, put_u32};
 use crate::ondisk::superblock::{SUPERBLOCK_OFFSET, Superblock, incompat};
+use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex, MutexGuard, RwLockWriteGuard};
 
 const STATE_VALID: u16 = 0x1;
+
+/// Blocks an ordinary operation may dirty (inode table blocks, directory blocks and htree
+/// splits, bitmaps, group descriptors, extent nodes, the superblock).
+pub(super) const DEFAULT_CREDITS: usize = 64;
+
+/// Without a journal: blocks a running transaction may gather before it is written home.
+const MAX_RUNNING_BLOCKS: usize = 8192;
 
 impl Fs {
     /// Block holding the primary superblock and the superblock's offset in it.
@@ -61,75 +83,183 @@ impl Fs {
         Ok(())
     }
 
-    /// Write every change made so far to the device and flush it. A failure aborts: nothing more
-    /// is written and the file system turns read-only (what was committed before stays valid).
-    fn commit_locked(&self) -> Result<()> {
-        if self.aborted.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(Errno::EROFS);
+    /// Blocks the running transaction may hold before it must be committed.
+    fn max_transaction(&self) -> usize {
+        match &self.journal {
+            Some(j) => j.max_transaction(),
+            None => MAX_RUNNING_BLOCKS,
         }
-        let r = self.commit_inner();
+    }
+
+    /// Start an operation that may dirty up to `credits` metadata blocks: commit the running
+    /// transaction first when it would outgrow its limit, then take the namespace write lock.
+    pub(super) fn start_handle(&self, credits: usize) -> RwLockWriteGuard<'_, ()> {
+        if !self.is_read_only()
+            && self.cache.running_len() + credits > self.max_transaction()
+            && let Err(e) = self.commit_running(|| Ok(()), false)
+        {
+            // The journal aborted; the operation sees a read-only file system.
+            log::error!("commit before a full transaction grew larger failed: {e}");
+        }
+        self.ns.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn commit_guard(&self) -> MutexGuard<'_, Vec<Frozen>> {
+        self.commit_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Abort: nothing more is written, the file system turns read-only, and the journal records
+    /// the error for the next mount and e2fsck.
+    fn abort(&self, e: Errno) {
+        if self.aborted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        log::error!(
+            "metadata write failed ({e}): journal aborted, the file system is now read-only"
+        );
+        if let Some(j) = &self.journal {
+            j.record_error(self.dev.as_ref(), -libc::EIO);
+        }
+    }
+
+    fn io_err(what: &str, e: impl std::fmt::Display) -> Errno {
+        log::error!("{what}: {e}");
+        Errno::EIO
+    }
+
+    /// Commit the running transaction: run `prepare` and refresh the superblock under the
+    /// namespace lock, freeze, then log (or, without a journal, write home) outside it.
+    fn commit_running(&self, prepare: impl FnOnce() -> Result<()>, clean: bool) -> Result<()> {
+        let mut live = self.commit_guard();
+        if self.aborted.load(Ordering::Acquire) {
+            return Err(Errno::EIO);
+        }
+        let frozen = {
+            let _g = self.ns.write().unwrap_or_else(|e| e.into_inner());
+            prepare()?;
+            if self.cache.running_len() == 0 && !clean {
+                return Ok(());
+            }
+            self.write_superblock(clean)?;
+            self.cache.freeze()
+        };
+        let r = self.log_transaction(&mut live, frozen);
         if let Err(e) = r {
-            self.aborted
-                .store(true, std::sync::atomic::Ordering::Release);
-            log::error!(
-                "metadata write failed ({e}): journal aborted, the file system is now read-only"
-            );
+            self.abort(e);
         }
         r
     }
 
-    fn commit_inner(&self) -> Result<()> {
-        let frozen = self.cache.freeze();
-        let bs = self.block_size as u64;
-        if let Some(j) = &self.journal {
-            j.commit(self.dev.as_ref(), &frozen.blocks).map_err(|e| {
-                log::error!("journal commit failed: {e}");
-                Errno::EIO
-            })?;
+    fn log_transaction(&self, live: &mut Vec<Frozen>, frozen: Frozen) -> Result<()> {
+        let Some(j) = &self.journal else {
+            self.write_home(std::slice::from_ref(&frozen))?;
+            self.cache.checkpointed(&frozen);
+            return Ok(());
+        };
+        if j.too_large(frozen.blocks.len(), frozen.revoked.len()) {
+            log::error!(
+                "a transaction of {} blocks does not fit the journal ({} blocks)",
+                frozen.blocks.len(),
+                j.capacity()
+            );
+            return Err(Errno::EIO);
         }
-        for (b, d) in &frozen.blocks {
-            self.dev.write_at(d, b * bs).map_err(|e| {
-                log::error!("writing metadata block {b} failed: {e}");
-                Errno::EIO
-            })?;
+        if !j.fits(frozen.blocks.len(), &frozen.revoked) {
+            self.checkpoint_locked(live)?;
         }
-        self.dev.flush().map_err(|e| {
-            log::error!("flushing the image failed: {e}");
-            Errno::EIO
-        })?;
-        if let Some(j) = &self.journal
-            && !frozen.blocks.is_empty()
-        {
-            // Checkpointed: the log is empty again (made durable by the next flush).
-            j.reset(self.dev.as_ref()).map_err(|e| {
-                log::error!("resetting the journal failed: {e}");
-                Errno::EIO
-            })?;
-        }
-        self.cache.checkpointed(&frozen);
+        j.commit(self.dev.as_ref(), &frozen.blocks, &frozen.revoked)
+            .map_err(|e| Self::io_err("journal commit failed", e))?;
+        live.push(frozen);
         Ok(())
     }
 
-    /// Flush everything to the device (FSYNC / SYNCFS / DESTROY).
+    /// Write the newest copy of every block `txns` (oldest first) logged home, and flush. A
+    /// block a later one of them freed is skipped (it may have a new owner). Copies a running or
+    /// frozen-but-uncommitted transaction holds are not used: they are not durable yet.
+    fn write_home(&self, txns: &[Frozen]) -> Result<()> {
+        let mut newest: std::collections::BTreeMap<u64, &std::sync::Arc<[u8]>> =
+            std::collections::BTreeMap::new();
+        for f in txns {
+            for (b, d) in &f.blocks {
+                newest.insert(*b, d);
+            }
+            for b in &f.revoked {
+                newest.remove(b);
+            }
+        }
+        self.write_blocks_and_flush(newest.into_iter())
+    }
+
+    /// Write blocks home and flush.
+    fn write_blocks_and_flush<'a>(
+        &self,
+        blocks: impl Iterator<Item = (u64, &'a std::sync::Arc<[u8]>)>,
+    ) -> Result<()> {
+        let bs = self.block_size as u64;
+        for (b, d) in blocks {
+            self.dev
+                .write_at(d, b * bs)
+                .map_err(|e| Self::io_err(&format!("writing metadata block {b} failed"), e))?;
+        }
+        self.dev
+            .flush()
+            .map_err(|e| Self::io_err("flushing the image failed", e))
+    }
+
+    /// Checkpoint every committed transaction: blocks home, flush, log empty.
+    fn checkpoint_locked(&self, live: &mut Vec<Frozen>) -> Result<()> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        if live.is_empty() {
+            return Ok(());
+        }
+        self.write_home(live)?;
+        j.checkpoint_done(self.dev.as_ref())
+            .map_err(|e| Self::io_err("marking the journal checkpointed failed", e))?;
+        for f in live.drain(..) {
+            self.cache.checkpointed(&f);
+        }
+        Ok(())
+    }
+
+    /// Checkpoint now (the commit thread, when the log fills up).
+    fn checkpoint(&self) -> Result<()> {
+        let mut live = self.commit_guard();
+        if self.aborted.load(Ordering::Acquire) {
+            return Err(Errno::EIO);
+        }
+        let r = self.checkpoint_locked(&mut live);
+        if let Err(e) = r {
+            self.abort(e);
+        }
+        r
+    }
+
+    /// What the journal writer did since mount (`None` without a journal).
+    pub fn journal_stats(&self) -> Option<crate::journal::commit::JournalStats> {
+        self.journal.as_ref().map(|j| j.stats())
+    }
+
+    /// Make every change so far durable (FSYNC / FSYNCDIR / SYNCFS): commit the running
+    /// transaction; committed transactions are already durable.
     pub fn sync(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
-        if self.aborted.load(std::sync::atomic::Ordering::Acquire) {
+        if self.aborted.load(Ordering::Acquire) {
             return Err(Errno::EIO);
         }
-        let _g = self.ns_write();
-        self.write_superblock(false)?;
-        self.commit_locked()
+        self.commit_running(|| Ok(()), false)
     }
 
-    /// Clean unmount: free inodes still waiting on the orphan list, mark the file system clean
-    /// and make it all durable.
+    /// Clean unmount: free inodes still waiting on the orphan list, commit, checkpoint, and mark
+    /// the file system clean (the superblock written home last, as the kernel does).
     pub fn shutdown(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
-        if self.aborted.load(std::sync::atomic::Ordering::Acquire) {
+        if self.aborted.load(Ordering::Acquire) {
             return Err(Errno::EIO);
         }
         let pending: Vec<Ino> = self
@@ -138,38 +268,63 @@ impl Fs {
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .collect();
-        {
-            let _g = self.ns_write();
+        let free_orphans = || {
             for ino in pending {
                 let mut i = self.read_inode(ino)?;
                 self.orphan_del(ino, &i)?;
                 self.free_inode(ino, &mut i)?;
             }
-            self.write_superblock(true)?;
-            self.commit_locked()?;
-            self.dev.flush().map_err(|e| {
-                log::error!("flushing the image failed: {e}");
-                Errno::EIO
-            })
+            Ok(())
+        };
+        if self.journal.is_none() {
+            return self.commit_running(free_orphans, true);
         }
+        self.commit_running(free_orphans, false)?;
+        let mut live = self.commit_guard();
+        let r = self
+            .checkpoint_locked(&mut live)
+            .and_then(|_| self.superblock_home(true));
+        if let Err(e) = r {
+            self.abort(e);
+        }
+        r
     }
-}
 
-/// Blocks a running transaction may gather before the operation that grew it commits it.
-const MAX_RUNNING_BLOCKS: usize = 8192;
+    /// Write the superblock home directly, outside the log, and flush: at a writable mount (the
+    /// kernel and e2fsck replay the log only when the home superblock says needs_recovery, so it
+    /// must say so before the first commit) and at unmount, after the last checkpoint. Callers
+    /// hold the commit lock or run before any operation; nothing else may be running.
+    pub(super) fn superblock_home(&self, clean: bool) -> Result<()> {
+        let frozen = {
+            let _g = self.ns.write().unwrap_or_else(|e| e.into_inner());
+            if self.cache.running_len() != 0 {
+                log::error!("internal error: the superblock must go home alone");
+                return Err(Errno::EIO);
+            }
+            self.write_superblock(clean)?;
+            self.cache.freeze()
+        };
+        self.write_home_unjournaled(&frozen)?;
+        self.cache.checkpointed(&frozen);
+        Ok(())
+    }
 
-impl Fs {
-    /// Commit now if the running transaction grew large (called at the end of operations).
+    /// Write a transaction home without logging it (the log is empty, nothing else changes).
+    fn write_home_unjournaled(&self, f: &Frozen) -> Result<()> {
+        self.write_blocks_and_flush(f.blocks.iter().map(|(b, d)| (*b, d)))
+    }
+
+    /// Wake the commit thread when the running transaction is half full (called at the end of
+    /// operations that may grow it a lot); the hard limit is enforced by [`Fs::start_handle`].
     pub(super) fn commit_if_large(&self) -> Result<()> {
-        if self.cache.running_len() >= MAX_RUNNING_BLOCKS {
-            self.write_superblock(false)?;
-            self.commit_locked()?;
+        if self.cache.running_len() >= self.max_transaction() / 2 {
+            self.commit_kick.kick();
         }
         Ok(())
     }
 
-    /// Commit every `interval` while there is something to commit, until the file system is
-    /// dropped. Returns the thread's handle.
+    /// Commit every `interval` (or sooner when kicked) while there is something to commit, and
+    /// checkpoint when the log is half full, until the file system is dropped.
     pub fn start_commit_thread(
         fs: &std::sync::Arc<Fs>,
         interval: std::time::Duration,
@@ -179,16 +334,52 @@ impl Fs {
             .name("commit".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(interval);
+                    // Wait without keeping the file system alive.
+                    let Some(kick) = weak.upgrade().map(|fs| fs.commit_kick.clone()) else {
+                        return;
+                    };
+                    kick.wait(interval);
                     let Some(fs) = weak.upgrade() else { return };
-                    if fs.is_read_only() || fs.cache.running_len() == 0 {
+                    if fs.is_read_only() {
                         continue;
                     }
-                    if let Err(e) = fs.sync() {
+                    if fs.cache.running_len() > 0
+                        && let Err(e) = fs.sync()
+                    {
                         log::error!("periodic commit failed: {e}");
+                    }
+                    if let Some(j) = &fs.journal
+                        && j.used() * 2 > j.capacity()
+                        && let Err(e) = fs.checkpoint()
+                    {
+                        log::error!("checkpoint failed: {e}");
                     }
                 }
             })
+    }
+}
+
+/// Wakes the commit thread before its interval is up.
+#[derive(Default)]
+pub(super) struct CommitKick {
+    kicked: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl CommitKick {
+    fn kick(&self) {
+        *self.kicked.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_one();
+    }
+
+    /// Wait up to `interval` for a kick.
+    fn wait(&self, interval: std::time::Duration) {
+        let g = self.kicked.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = self
+            .cv
+            .wait_timeout_while(g, interval, |kicked| !*kicked)
+            .unwrap_or_else(|e| e.into_inner());
+        *g = false;
     }
 }
 

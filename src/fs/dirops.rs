@@ -26,11 +26,11 @@ impl Fs {
     }
 
     /// Usable bytes of a leaf block (the checksum tail excluded).
-    fn leaf_region_len(&self) -> usize {
+    pub(super) fn leaf_region_len(&self) -> usize {
         self.block_size as usize - if self.csum_dirs() { TAIL_LEN } else { 0 }
     }
 
-    fn finish_leaf(&self, ino: Ino, inode: &Inode, block: &mut [u8]) {
+    pub(super) fn finish_leaf(&self, ino: Ino, inode: &Inode, block: &mut [u8]) {
         if self.csum_dirs() {
             dirent::set_leaf_tail(self.inode_seed(ino, inode), block);
         }
@@ -58,7 +58,7 @@ impl Fs {
     }
 
     /// Append a fresh block to a directory; returns (logical, physical) block.
-    fn dir_append_block(&self, ino: Ino, inode: &mut Inode) -> Result<(u64, u64)> {
+    pub(super) fn dir_append_block(&self, ino: Ino, inode: &mut Inode) -> Result<(u64, u64)> {
         let lblk = inode.size / self.block_size as u64;
         let goal = self.dir_goal(ino, inode);
         let pblk = self.map_new_block(ino, inode, lblk as u32, goal)?;
@@ -66,8 +66,12 @@ impl Fs {
         Ok((lblk, pblk))
     }
 
-    /// Give a new directory its first block with "." and "..".
+    /// Give a new directory its "." and "..": inline in the inode on inline_data file systems
+    /// (as the kernel does), else a first block.
     pub(super) fn init_dir_block(&self, ino: Ino, inode: &mut Inode, parent: Ino) -> Result<()> {
+        if self.try_init_inline_dir(ino, inode, parent)? {
+            return Ok(());
+        }
         let (_, pblk) = self.dir_append_block(ino, inode)?;
         let mut b = self.new_block_buf();
         let ft = self.has_filetype();
@@ -132,8 +136,7 @@ impl Fs {
         ft: u8,
     ) -> Result<()> {
         if dinode.has_flag(flags::INLINE_DATA) {
-            log::warn!("inode {dir}: adding entries to inline-data directories is not supported");
-            return Err(Errno::EOPNOTSUPP);
+            return self.inline_add_entry(dir, dinode, name, target, ft);
         }
         if self.is_htree(dinode) {
             return self.dx_add(dir, dinode, name, target, ft);
@@ -148,8 +151,7 @@ impl Fs {
                 return Ok(());
             }
         }
-        if nblocks == 1 && self.sb.has_compat(compat::DIR_INDEX) && dinode.has_flag(flags::EXTENTS)
-        {
+        if nblocks == 1 && self.sb.has_compat(compat::DIR_INDEX) {
             self.make_indexed(dir, dinode)?;
             return self.dx_add(dir, dinode, name, target, ft);
         }
@@ -167,12 +169,10 @@ impl Fs {
     }
 
     /// Remove `name` from directory `dir`; returns the inode it named.
-    pub(super) fn remove_entry(&self, dir: Ino, dinode: &Inode, name: &[u8]) -> Result<Ino> {
+    /// Inline directories change in the in-core inode, which the caller stores.
+    pub(super) fn remove_entry(&self, dir: Ino, dinode: &mut Inode, name: &[u8]) -> Result<Ino> {
         if dinode.has_flag(flags::INLINE_DATA) {
-            log::warn!(
-                "inode {dir}: removing entries from inline-data directories is not supported"
-            );
-            return Err(Errno::EOPNOTSUPP);
+            return self.inline_remove_entry(dir, dinode, name);
         }
         let loc = self.locate_entry(dir, dinode, name)?;
         let Some(lblk) = loc.lblk else {
@@ -196,15 +196,19 @@ impl Fs {
         Ok(loc.ino)
     }
 
-    /// Point existing entry `name` at `target` (rename over an existing name).
+    /// Point existing entry `name` at `target` (rename over an existing name). Inline
+    /// directories change in the in-core inode, which the caller stores.
     pub(super) fn retarget_entry(
         &self,
         dir: Ino,
-        dinode: &Inode,
+        dinode: &mut Inode,
         name: &[u8],
         target: Ino,
         ft: u8,
     ) -> Result<()> {
+        if dinode.has_flag(flags::INLINE_DATA) {
+            return self.inline_retarget_entry(dir, dinode, name, target, ft);
+        }
         let loc = self.locate_entry(dir, dinode, name)?;
         let Some(lblk) = loc.lblk else {
             return Err(Errno::EINVAL);
@@ -219,10 +223,12 @@ impl Fs {
         Ok(())
     }
 
-    /// Set a directory's ".." (second entry of block 0, at byte 12, in both layouts).
-    pub(super) fn set_dotdot(&self, dir: Ino, dinode: &Inode, parent: Ino) -> Result<()> {
+    /// Set a directory's ".." (second entry of block 0, at byte 12, in both layouts; the first
+    /// word of `i_block` in an inline directory, which the caller stores).
+    pub(super) fn set_dotdot(&self, dir: Ino, dinode: &mut Inode, parent: Ino) -> Result<()> {
         if dinode.has_flag(flags::INLINE_DATA) {
-            return Err(Errno::EOPNOTSUPP);
+            put_u32(&mut dinode.block, 0, parent as u32);
+            return Ok(());
         }
         let pblk = self.dir_pblk(dir, dinode, 0)?;
         let mut b = self.block_for_write(pblk)?;

@@ -11,6 +11,8 @@ mod commit;
 mod dir;
 mod dirops;
 mod file;
+mod indirect;
+mod inline;
 mod inode;
 mod journal;
 mod mount;
@@ -59,6 +61,11 @@ pub struct Fs {
     sb_live: Mutex<SbLive>,
     /// The internal journal, when the image has one and it is written.
     journal: Option<crate::journal::commit::JournalWriter>,
+    /// Serializes commits and checkpoints; holds the committed transactions whose blocks are
+    /// not home yet (oldest first). Taken before `ns`, never while holding it.
+    commit_lock: Mutex<Vec<crate::cache::Frozen>>,
+    /// Wakes the commit thread early (a transaction filled up).
+    commit_kick: Arc<commit::CommitKick>,
 }
 
 /// Superblock fields kept up to date in memory and written at each commit.
@@ -72,8 +79,10 @@ impl Fs {
         self.block_size
     }
 
+    /// Start an operation that changes metadata (a journal handle with the default credits):
+    /// see [`Fs::start_handle`].
     fn ns_write(&self) -> RwLockWriteGuard<'_, ()> {
-        self.ns.write().unwrap_or_else(|e| e.into_inner())
+        self.start_handle(commit::DEFAULT_CREDITS)
     }
 
     fn ns_read(&self) -> RwLockReadGuard<'_, ()> {
@@ -115,6 +124,10 @@ impl Fs {
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod indirect_tests;
+#[cfg(test)]
+mod inline_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -99,6 +99,8 @@ impl Fs {
                 last_orphan: sb.last_orphan,
             }),
             journal: None,
+            commit_lock: Mutex::new(Vec::new()),
+            commit_kick: Default::default(),
             sb,
         };
         let root = fs
@@ -110,7 +112,7 @@ impl Fs {
         fs.open_journal(wants_write && !fs.read_only)?;
         if !fs.read_only {
             // Not clean while mounted writable: a crash leaves e2fsck something to check.
-            fs.write_superblock(false)
+            fs.superblock_home(false)
                 .map_err(|e| format!("cannot update the superblock: {e}"))?;
             fs.process_orphans()
                 .map_err(|e| format!("cannot clean up orphan inodes: {e}"))?;

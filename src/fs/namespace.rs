@@ -349,7 +349,7 @@ impl Fs {
         if i.is_dir() {
             return Err(Errno::EISDIR);
         }
-        self.remove_entry(parent, &pdir, name)?;
+        self.remove_entry(parent, &mut pdir, name)?;
         self.touch_dir(&mut pdir);
         self.store_inode(parent, &pdir)?;
         i.links_count = i.links_count.saturating_sub(1);
@@ -383,7 +383,7 @@ impl Fs {
         if !self.dir_is_empty(target, &d)? {
             return Err(Errno::ENOTEMPTY);
         }
-        self.remove_entry(parent, &pdir, name)?;
+        self.remove_entry(parent, &mut pdir, name)?;
         self.dec_dir_links(&mut pdir);
         self.touch_dir(&mut pdir);
         self.store_inode(parent, &pdir)?;
@@ -446,25 +446,22 @@ impl Fs {
             if dst_i.is_dir() && !same_dir && self.is_ancestor(dst, parent)? {
                 return Err(Errno::EINVAL);
             }
-            self.retarget_entry(parent, &src_dir, name, dst, ft_of(dst_i.mode as u32))?;
-            let dst_dir_now = if same_dir {
-                self.read_inode(parent)?
-            } else {
-                dst_dir.clone()
-            };
+            self.retarget_entry(parent, &mut src_dir, name, dst, ft_of(dst_i.mode as u32))?;
+            // Both names in one directory: change the same (possibly inline) copy twice.
+            let dst_dir_now = if same_dir { &mut src_dir } else { &mut dst_dir };
             self.retarget_entry(
                 newparent,
-                &dst_dir_now,
+                dst_dir_now,
                 newname,
                 src,
                 ft_of(src_i.mode as u32),
             )?;
             if !same_dir {
                 if src_i.is_dir() {
-                    self.set_dotdot(src, &src_i, newparent)?;
+                    self.set_dotdot(src, &mut src_i, newparent)?;
                 }
                 if dst_i.is_dir() {
-                    self.set_dotdot(dst, &dst_i, parent)?;
+                    self.set_dotdot(dst, &mut dst_i, parent)?;
                 }
                 if src_i.is_dir() != dst_i.is_dir() {
                     if src_i.is_dir() {
@@ -499,7 +496,13 @@ impl Fs {
                 (true, true) if !self.dir_is_empty(dst, &dst_i)? => return Err(Errno::ENOTEMPTY),
                 _ => {}
             }
-            self.retarget_entry(newparent, &dst_dir, newname, src, ft_of(src_i.mode as u32))?;
+            self.retarget_entry(
+                newparent,
+                &mut dst_dir,
+                newname,
+                src,
+                ft_of(src_i.mode as u32),
+            )?;
             victim = Some((dst, dst_i));
         } else {
             self.add_entry(
@@ -512,13 +515,13 @@ impl Fs {
         }
         // Remove the old name (from the newest copy of the source directory).
         if same_dir {
-            self.remove_entry(parent, &dst_dir, name)?;
+            self.remove_entry(parent, &mut dst_dir, name)?;
             src_dir = dst_dir.clone();
         } else {
-            self.remove_entry(parent, &src_dir, name)?;
+            self.remove_entry(parent, &mut src_dir, name)?;
         }
         if src_i.is_dir() && !same_dir {
-            self.set_dotdot(src, &src_i, newparent)?;
+            self.set_dotdot(src, &mut src_i, newparent)?;
             self.dec_dir_links(&mut src_dir);
             if victim.is_none() {
                 self.inc_dir_links(&mut dst_dir);
@@ -584,8 +587,16 @@ impl Fs {
             if size > (1u64 << 32) * self.block_size as u64 {
                 return Err(Errno::EFBIG);
             }
-            if size != 0 && i.size != 0 && !i.has_flag(flags::EXTENTS) && size != i.size {
-                return Err(Errno::EOPNOTSUPP);
+            // Indirect-mapped files end where the triple indirect tree (or i_blocks) does.
+            if !i.has_flag(flags::EXTENTS)
+                && !i.has_flag(flags::INLINE_DATA)
+                && size > self.ind_max_bytes()
+            {
+                return Err(Errno::EFBIG);
+            }
+            if i.has_flag(flags::INLINE_DATA) && size != i.size {
+                // Shrink the inline data in place, or move it out of the inode to grow.
+                self.inline_set_size(ino, &mut i, size)?;
             }
             if size < i.size {
                 let bs = self.block_size as u64;

@@ -92,29 +92,47 @@ pub(super) fn ctx() -> Ctx {
 }
 
 /// Loop-mount `img` with the kernel at `img`.mnt with `opts` (e.g. "loop,ro"); returns the mountpoint.
+/// Mounts are serialized (test threads racing for the same free loop device make mount(8)
+/// fail now and then) and a failure is retried a few times before it counts.
 pub(super) fn kernel_mount(img: &Path, opts: &str) -> std::path::PathBuf {
+    static LOOP_SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let mnt = img.with_extension("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let st = Command::new("mount")
-        .args(["-o", opts])
-        .arg(img)
-        .arg(&mnt)
-        .status()
-        .expect("mount(8) is required");
-    assert!(
-        st.success(),
-        "the kernel could not mount {} ({opts}): loop devices and root are required",
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = {
+            let _g = LOOP_SETUP.lock().unwrap_or_else(|e| e.into_inner());
+            Command::new("mount")
+                .args(["-o", opts])
+                .arg(img)
+                .arg(&mnt)
+                .output()
+                .expect("mount(8) is required")
+        };
+        if out.status.success() {
+            return mnt;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!(
+        "the kernel could not mount {} ({opts}): {last} (loop devices and root are required)",
         img.display()
     );
-    mnt
 }
 
+/// Unmount, retrying for a while: a child another test thread is forking can hold a copy of
+/// a descriptor into the mount until its exec, which makes umount fail with EBUSY.
 pub(super) fn kernel_umount(mnt: &Path) {
-    assert!(
-        Command::new("umount")
+    for _ in 0..50 {
+        let out = Command::new("umount")
             .arg(mnt)
-            .status()
-            .expect("umount(8) is required")
-            .success()
-    );
+            .output()
+            .expect("umount(8) is required");
+        if out.status.success() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("umount {} keeps failing", mnt.display());
 }

@@ -281,3 +281,55 @@ impl Fs {
         Ok(())
     }
 }
+
+impl Fs {
+    /// Set (`Some`) or remove (`None`) the `system.data` attribute of an inline-data inode. Only
+    /// the in-core inode changes (`inode.raw`, and the xattr block when other attributes move);
+    /// the caller stores the inode.
+    pub(super) fn set_system_data(
+        &self,
+        ino: Ino,
+        inode: &mut Inode,
+        value: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let current = self.xattr_entries(ino, inode)?;
+        if current.iter().any(|e| e.value_inum != 0) {
+            log::warn!("inode {ino}: changing xattrs stored in EA inodes is not supported");
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let mut list: Vec<NewEntry> = current
+            .into_iter()
+            .filter(|e| !(e.index == INDEX_SYSTEM && e.name == b"data"))
+            .map(|e| (e.index, e.name, e.value))
+            .collect();
+        if let Some(v) = value {
+            list.insert(0, (INDEX_SYSTEM, b"data".to_vec(), v));
+        }
+        self.store_xattrs(ino, inode, list)
+    }
+
+    /// The largest `system.data` value the inode body can hold next to the other attributes
+    /// already there (the kernel's `get_max_inline_xattr_value_size`); None when the body has
+    /// no room for the attribute at all.
+    pub(super) fn max_inline_xattr(&self, ino: Ino, inode: &Inode) -> Result<Option<usize>> {
+        let start = 128 + inode.extra_isize as usize;
+        let region_len = inode.raw.len().saturating_sub(start);
+        let others = xa::parse_ibody(inode.ibody_xattr_region())
+            .map_err(|e| crate::corrupt!("inode {ino}: in-inode xattrs: {e}"))?;
+        let used: usize = others
+            .iter()
+            .filter(|e| !(e.index == INDEX_SYSTEM && e.name == b"data"))
+            .map(|e| {
+                xa::entry_len(e.name.len())
+                    + if e.value_inum == 0 {
+                        xa::value_len(e.value.len())
+                    } else {
+                        0
+                    }
+            })
+            .sum();
+        // Magic, the other entries and their values, the "data" entry, the terminator.
+        let need = 4 + used + xa::entry_len(4) + 4;
+        Ok(region_len.checked_sub(need).map(|free| free & !3))
+    }
+}

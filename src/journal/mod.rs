@@ -5,30 +5,24 @@
 //! the I/O and the protocol on top of it. It knows nothing about files or directories: it sees
 //! numbered metadata blocks only.
 //!
-//! What is here now:
+//! What is here:
 //!
 //! * [`area`]: the journal's blocks mapped onto the device (journal block *i* → the physical
 //!   fs block the journal inode maps at *i*), with superblock loading and validation.
+//! * [`ring`]: the log ring — where the next transaction goes, which blocks live transactions
+//!   hold, wrap-around from the end of the ring to `s_first`.
+//! * [`commit`]: the writer — descriptors (escaped images), revoke blocks for freed blocks that a
+//!   live transaction logged, the commit block, flushes in the order that makes a transaction
+//!   atomic; `checkpoint_done` empties the log once the file system wrote the blocks home;
+//!   `record_error` writes `s_errno` when the journal aborts.
 //! * [`recovery`]: replay at mount, as the kernel and e2fsck do it (scan, revoke, replay; then
 //!   the journal superblock is reset).
 //!
-//! What moves in next (today the engine commits through `fs::journal`, one transaction at a
-//! time, always from `s_first`):
-//!
-//! * `handle.rs` — handles with credits: an operation reserves the blocks it may dirty before it
-//!   starts, and joins the running transaction.
-//! * `transaction.rs` — the running and the committing transaction, their buffer lists, and
-//!   the rules for joining one while the other commits.
-//! * `commit.rs` — the commit thread: descriptors, data, revoke blocks and the commit block
-//!   written with the [`crate::ondisk::jbd2`] builders, flushes in the order that makes a
-//!   transaction atomic, periodic and forced commits.
-//! * `checkpoint.rs` — writing committed blocks home, advancing `s_start`/`s_sequence`, and
-//!   letting the log wrap around the ring.
-//! * `revoke.rs` — the revoke table: a metadata block freed and reused as data must not be
-//!   replayed from an older transaction, so its freeing emits a revoke record.
-//! * abort: a journal I/O error aborts the journal (`s_errno`), and the file system goes
-//!   read-only.
+//! Handles (credits), the running/committing transactions, checkpoint scheduling and the commit
+//! thread live with the buffer cache in `fs::commit`: the running transaction *is* the buffer
+//! cache's set of dirty blocks, frozen at commit while the next one starts.
 
 pub mod area;
 pub mod commit;
 pub mod recovery;
+pub mod ring;
