@@ -194,12 +194,11 @@ fn run_mount(
             .map_err(|e| format!("cannot start the commit thread: {e}"))?;
     }
 
+    // We hold the image exclusively and every change comes through this mount: the kernel may
+    // cache names, attributes and negative lookups for long.
     let dispatcher = Arc::new(Dispatcher::new(
         Arc::clone(&fs),
-        DispatchOptions {
-            transport: Transport::DevFuse,
-            ..Default::default()
-        },
+        DispatchOptions::exclusive(Transport::DevFuse),
     ));
     let cfg = MountConfig::new(image.to_string_lossy(), ro);
     let session = fuse::mount(mountpoint, &cfg).map_err(|e| sentence(&e.to_string()))?;

@@ -18,6 +18,7 @@
 
 use super::Fs;
 use super::blocks::now;
+use super::errors::STATE_ERROR;
 use super::types::Ino;
 use crate::alloc::MetaIo;
 use crate::cache::Frozen;
@@ -46,6 +47,14 @@ impl Fs {
     /// Refresh the superblock (free counts, orphan list head, state, write time) in the running
     /// transaction. `clean` marks the file system cleanly unmounted.
     pub(super) fn write_superblock(&self, clean: bool) -> Result<()> {
+        let (block, data) = self.superblock_image(clean)?;
+        self.write_meta(block, data);
+        Ok(())
+    }
+
+    /// The superblock's block with counters, orphan list head, state, error counts and write time
+    /// brought up to date.
+    fn superblock_image(&self, clean: bool) -> Result<(u64, Vec<u8>)> {
         let (block, off) = self.superblock_location();
         let mut data = self.read_meta_block(block)?.to_vec();
         let sb = &mut data[off..off + 1024];
@@ -55,11 +64,14 @@ impl Fs {
             put_u32(sb, 0x158, (free_blocks >> 32) as u32);
         }
         put_u32(sb, 0x10, free_inodes as u32);
-        let live = *self.sb_live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = self.sb_live.lock().unwrap_or_else(|e| e.into_inner());
         put_u32(sb, 0xE8, live.last_orphan);
+        live.stamp_errors(sb);
+        let errors = if live.error_fs { STATE_ERROR } else { 0 };
+        drop(live);
         if self.journal.is_some() {
             // With a journal the file system stays "clean"; needs_recovery says a log may be live.
-            put_u16(sb, 0x3A, self.sb.state | STATE_VALID);
+            put_u16(sb, 0x3A, self.sb.state | STATE_VALID | errors);
             let mut inc = self.sb.feature_incompat;
             if clean {
                 inc &= !incompat::RECOVER;
@@ -73,14 +85,29 @@ impl Fs {
             } else {
                 self.sb.state & !STATE_VALID
             };
-            put_u16(sb, 0x3A, state);
+            put_u16(sb, 0x3A, state | errors);
         }
         put_u32(sb, 0x30, now().0 as u32);
         if self.sb.has_metadata_csum() {
             Superblock::set_checksum(sb);
         }
-        self.write_meta(block, data);
-        Ok(())
+        Ok((block, data))
+    }
+
+    /// errors=remount-ro: write the superblock (with the error recorded) straight home, then
+    /// abort the journal. The running transaction is dropped, as jbd2 drops it on abort.
+    pub(super) fn error_remount_ro(&self) {
+        let _live = self.commit_guard();
+        let r = self.superblock_image(false).and_then(|(block, data)| {
+            self.dev
+                .write_at(&data, block * self.block_size as u64)
+                .and_then(|_| self.dev.flush())
+                .map_err(|e| Self::io_err("writing the superblock failed", e))
+        });
+        if let Err(e) = r {
+            log::error!("could not record the error in the superblock: {e}");
+        }
+        self.abort(Errno::EUCLEAN);
     }
 
     /// Blocks the running transaction may hold before it must be committed.
@@ -114,9 +141,7 @@ impl Fs {
         if self.aborted.swap(true, Ordering::AcqRel) {
             return;
         }
-        log::error!(
-            "metadata write failed ({e}): journal aborted, the file system is now read-only"
-        );
+        log::error!("journal aborted ({e}): the file system is now read-only");
         if let Some(j) = &self.journal {
             j.record_error(self.dev.as_ref(), -libc::EIO);
         }

@@ -335,6 +335,7 @@ fn journal_survives_crashes_at_every_flush_and_random_points() {
             cuts.push((rng % (log.len() as u64 + 1)) as usize);
         }
         let cut_img = t.path().join("cut.img");
+        let ours_img = t.path().join("ours.img");
         let mut replayed = 0;
         let mut kernel_replays = 0;
         for (n, &cut) in cuts.iter().enumerate() {
@@ -374,15 +375,22 @@ fn journal_survives_crashes_at_every_flush_and_random_points() {
             // (A name the workload removes later may be gone already: commits also happen
             // between syncs, when a transaction fills up. Names still there at the end may not.)
             let last: &[String] = synced.last().map(|(_, n)| &n[..]).unwrap_or(&[]);
-            if let Some((_, names)) = synced.iter().rev().find(|(at, _)| *at <= cut) {
-                let fs = mount(&cut_img);
-                for name in names.iter().filter(|n| last.contains(n)) {
-                    assert!(
-                        exists(&fs, name),
-                        "{kind:?} {opts:?}: cut at {cut}: synced entry {name} is missing"
-                    );
+            let check_synced = |fs: &Fs, by: &str| {
+                if let Some((_, names)) = synced.iter().rev().find(|(at, _)| *at <= cut) {
+                    for name in names.iter().filter(|n| last.contains(n)) {
+                        assert!(
+                            exists(fs, name),
+                            "{kind:?} {opts:?}: cut at {cut}: synced entry {name} is missing after {by}"
+                        );
+                    }
                 }
-            }
+            };
+            check_synced(&mount(&cut_img), "e2fsck's replay");
+            // Separately, our own replay of the same cut (a writable mount replays the log and
+            // cleans up orphans; then a clean unmount).
+            let fs = our_replay(image, &ours_img);
+            e2fsck_clean(&ours_img);
+            check_synced(&fs, "our replay");
         }
         assert!(
             replayed >= 5,

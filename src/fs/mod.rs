@@ -10,6 +10,7 @@ mod bmap;
 mod commit;
 mod dir;
 mod dirops;
+mod errors;
 mod file;
 mod indirect;
 mod inline;
@@ -29,6 +30,7 @@ use crate::blockdev::BlockDevice;
 use crate::cache::BufferCache;
 use crate::errno::{Errno, Result};
 use crate::ondisk::superblock::Superblock;
+use errors::SbLive;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -66,12 +68,6 @@ pub struct Fs {
     commit_lock: Mutex<Vec<crate::cache::Frozen>>,
     /// Wakes the commit thread early (a transaction filled up).
     commit_kick: Arc<commit::CommitKick>,
-}
-
-/// Superblock fields kept up to date in memory and written at each commit.
-#[derive(Clone, Copy, Debug, Default)]
-struct SbLive {
-    last_orphan: u32,
 }
 
 impl Fs {

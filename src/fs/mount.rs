@@ -95,9 +95,7 @@ impl Fs {
             ns: RwLock::new(()),
             orphans: Mutex::new(HashSet::new()),
             linkable: Mutex::new(HashSet::new()),
-            sb_live: Mutex::new(super::SbLive {
-                last_orphan: sb.last_orphan,
-            }),
+            sb_live: Mutex::new(super::SbLive::new(&sb)),
             journal: None,
             commit_lock: Mutex::new(Vec::new()),
             commit_kick: Default::default(),
@@ -166,6 +164,17 @@ impl Fs {
                 .load_journal(jino)
                 .map_err(|e| format!("cannot load the journal: {e}"))?;
         }
+        if writable && j.recorded_errno() != 0 {
+            // As the kernel does: the error moves into the superblock's state for e2fsck.
+            log::warn!(
+                "the journal records error {} from a previous mount: the file system is marked as having errors",
+                j.recorded_errno()
+            );
+            self.sb_live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .error_fs = true;
+        }
         if writable {
             if let Some(why) = j.unwritable_reason() {
                 log::warn!("serving the image read-only: {why}");
@@ -192,9 +201,7 @@ impl Fs {
         self.itables = groups.iter().map(|g| g.inode_table).collect();
         self.alloc = Allocator::new(Geometry::from_superblock(&sb), groups, locations, fixed);
         self.cache = BufferCache::new(CACHE_BLOCKS);
-        *self.sb_live.lock().unwrap_or_else(|e| e.into_inner()) = super::SbLive {
-            last_orphan: sb.last_orphan,
-        };
+        *self.sb_live.lock().unwrap_or_else(|e| e.into_inner()) = super::SbLive::new(&sb);
         self.sb = sb;
         Ok(())
     }

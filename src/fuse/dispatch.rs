@@ -37,7 +37,14 @@ pub struct DispatchOptions {
     pub attr_timeout: Duration,
     /// How long the kernel may cache names.
     pub entry_timeout: Duration,
+    /// How long the kernel may cache the absence of a name: a LOOKUP that finds nothing is
+    /// answered with a negative entry (node id 0) valid this long. Zero answers ENOENT instead,
+    /// and the kernel asks again next time.
+    pub negative_timeout: Duration,
 }
+
+/// The cache timeouts of [`DispatchOptions::exclusive`].
+pub const EXCLUSIVE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Default for DispatchOptions {
     fn default() -> DispatchOptions {
@@ -47,6 +54,25 @@ impl Default for DispatchOptions {
             transport: Transport::DevFuse,
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
+            negative_timeout: Duration::ZERO,
+        }
+    }
+}
+
+impl DispatchOptions {
+    /// Options for a client that is the image's only user — always the case: the image is
+    /// locked (`flock`) while we serve it, and every change reaches the file system through the
+    /// client's own requests, whose replies (and the kernel's own invalidation after each
+    /// create, link, unlink, rename and setattr) keep its caches right. So the kernel may keep
+    /// names, attributes and negative entries for a long time, as virtiofsd's `cache=always`
+    /// lets it, instead of asking again every second.
+    pub fn exclusive(transport: Transport) -> DispatchOptions {
+        DispatchOptions {
+            transport,
+            attr_timeout: EXCLUSIVE_TIMEOUT,
+            entry_timeout: EXCLUSIVE_TIMEOUT,
+            negative_timeout: EXCLUSIVE_TIMEOUT,
+            ..Default::default()
         }
     }
 }
@@ -67,6 +93,14 @@ const WANTED_INIT_FLAGS: u64 = init_flags::ASYNC_READ
     | init_flags::EXPORT_SUPPORT
     | init_flags::CACHE_SYMLINKS
     | init_flags::INIT_EXT;
+
+/// `open_flags` of every OPEN and CREATE reply for a regular file.
+/// * `KEEP_CACHE`: file data changes only through this client's own requests, so the kernel's
+///   page cache stays valid across opens.
+/// * `NOFLUSH`: there is nothing to do at close (no write-back state, no remote POSIX locks), so
+///   the kernel need not send FLUSH — a round trip saved on every close. (With a writeback cache
+///   the kernel ignores the flag and flushes anyway.)
+const FILE_OPEN_FLAGS: u32 = abi::fopen::KEEP_CACHE | abi::fopen::NOFLUSH;
 
 /// The FUSE node id of ext4 inode `ino`.
 pub fn nodeid_of(ino: Ino) -> u64 {
@@ -168,6 +202,10 @@ impl Dispatcher {
         let unique = header.unique;
         let no_reply = request::is_no_reply(header.opcode);
         let result = self.handle(&header, request);
+        if let Err(e) = &result {
+            // Corrupt metadata counts against the file system (its s_errors policy applies).
+            self.fs.note_error(*e);
+        }
         if no_reply {
             if let Err(e) = result {
                 debug!(
@@ -230,10 +268,13 @@ impl Dispatcher {
             Op::Init(arg) => self.init(unique, arg),
             Op::Destroy => self.destroy(unique),
 
-            Op::Lookup { name } => {
-                let a = fs.lookup(ino, name)?;
-                Ok(Some(self.entry_reply(unique, &a)))
-            }
+            Op::Lookup { name } => match fs.lookup(ino, name) {
+                Ok(a) => Ok(Some(self.entry_reply(unique, &a))),
+                Err(Errno::ENOENT) if !self.opts.negative_timeout.is_zero() => {
+                    Ok(Some(self.negative_entry_reply(unique)))
+                }
+                Err(e) => Err(e),
+            },
             Op::Forget(f) => {
                 fs.forget(ino, f.nlookup);
                 Ok(None)
@@ -267,7 +308,7 @@ impl Dispatcher {
                     return Err(Errno::EROFS);
                 }
                 let fh = fs.open(ino, o.flags)?;
-                Ok(Some(open_reply(unique, fh, 0)))
+                Ok(Some(open_reply(unique, fh, FILE_OPEN_FLAGS)))
             }
             Op::Read(r) => {
                 let size = (r.size as usize).min(self.max_read());
@@ -551,7 +592,7 @@ impl Dispatcher {
         );
         let o = abi::OpenOut {
             fh,
-            open_flags: 0,
+            open_flags: FILE_OPEN_FLAGS,
             backing_id: 0,
         };
         Ok(reply::build(
@@ -573,6 +614,18 @@ impl Dispatcher {
         self.destroyed.store(true, Ordering::Release);
         info!("fuse: session destroyed");
         Ok(Some(reply::empty(unique)))
+    }
+
+    /// "No such name, and there will be none for `negative_timeout`": node id 0 (the kernel
+    /// then caches a negative dentry instead of asking again).
+    fn negative_entry_reply(&self, unique: u64) -> Vec<u8> {
+        let (entry_valid, entry_valid_nsec) = reply::timeout_parts(self.opts.negative_timeout);
+        let e = abi::EntryOut {
+            entry_valid,
+            entry_valid_nsec,
+            ..Default::default()
+        };
+        reply::build(unique, abi::EntryOut::SIZE, |v| e.encode(v))
     }
 
     fn entry_reply(&self, unique: u64, a: &Attr) -> Vec<u8> {
@@ -1209,6 +1262,58 @@ pub(crate) mod tests {
         if err == 0 {
             assert_eq!(payload.len(), abi::GetxattrOut::SIZE);
         }
+    }
+
+    /// With `exclusive` options a missing name is a negative entry (node id 0, valid for the
+    /// negative timeout), names and attributes are cached long, and opened files need no FLUSH.
+    #[test]
+    fn exclusive_options_negative_entries_and_open_flags() {
+        let opts = DispatchOptions::exclusive(Transport::DevFuse);
+        let d = Dispatcher::new(fs_from_image(), opts.clone());
+        do_init(&d);
+        let r = d
+            .dispatch(&build(opcode::LOOKUP, 90, 1, &[b"nope\0"]))
+            .unwrap();
+        let (err, payload) = decode(&r, 90);
+        assert_eq!(err, 0);
+        let neg = abi::EntryOut::decode(payload).unwrap();
+        assert_eq!(neg.nodeid, 0);
+        assert_eq!(
+            (neg.entry_valid, neg.entry_valid_nsec),
+            reply::timeout_parts(opts.negative_timeout)
+        );
+        assert_eq!(neg.attr, abi::FuseAttr::default());
+        // Errors other than ENOENT stay errors.
+        let r = d
+            .dispatch(&build(opcode::LOOKUP, 91, 1, &[b"hello/x\0"]))
+            .unwrap();
+        assert_eq!(decode(&r, 91).0, -libc::EINVAL);
+        let hello = lookup(&d, 1, "hello");
+        let r = d
+            .dispatch(&build(opcode::LOOKUP, 92, hello.nodeid, &[b"x\0"]))
+            .unwrap();
+        assert_eq!(decode(&r, 92).0, -libc::ENOTDIR);
+        assert_eq!(
+            hello.entry_valid,
+            opts.entry_timeout.as_secs(),
+            "long entry timeout"
+        );
+        assert_eq!(hello.attr_valid, opts.attr_timeout.as_secs());
+        // OPEN of a file: keep the page cache, no FLUSH at close.
+        let r = d
+            .dispatch(&build(opcode::OPEN, 93, hello.nodeid, &[&[0u8; 8]]))
+            .unwrap();
+        let (err, payload) = decode(&r, 93);
+        assert_eq!(err, 0);
+        let o = abi::OpenOut::decode(payload).unwrap();
+        assert_eq!(o.open_flags, abi::fopen::KEEP_CACHE | abi::fopen::NOFLUSH);
+        // Default options keep answering ENOENT.
+        let d = dispatcher();
+        do_init(&d);
+        let r = d
+            .dispatch(&build(opcode::LOOKUP, 94, 1, &[b"nope\0"]))
+            .unwrap();
+        assert_eq!(decode(&r, 94).0, -libc::ENOENT);
     }
 
     #[test]

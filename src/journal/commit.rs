@@ -74,12 +74,6 @@ impl JournalWriter {
         let LoadedSuperblock { sb, raw } =
             JournalArea::new(dev, block_size, &map)?.load_superblock()?;
         let fmt = sb.format();
-        if sb.errno != 0 {
-            log::warn!(
-                "the journal records error {} from a previous mount; it is cleared at the first commit",
-                sb.errno
-            );
-        }
         let state = LogState {
             ring: Ring::new(sb.log_range()),
             next_tid: sb.sequence,
@@ -104,6 +98,11 @@ impl JournalWriter {
     /// The journal's block map (what recovery needs).
     pub fn block_map(&self) -> &[u64] {
         &self.map
+    }
+
+    /// `s_errno` as loaded: nonzero when a previous mount aborted the journal.
+    pub fn recorded_errno(&self) -> i32 {
+        self.sb.errno
     }
 
     /// True when the log (as loaded) holds a transaction that was not checkpointed.

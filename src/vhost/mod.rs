@@ -202,10 +202,10 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
     }
     let dispatcher = Arc::new(Dispatcher::new(
         Arc::clone(&fs),
-        DispatchOptions {
-            transport: Transport::Virtio,
-            ..Default::default()
-        },
+        // The daemon holds the image exclusively and the guest is its only client, so the
+        // guest may cache entries, attributes and negative entries for long (as virtiofsd's
+        // cache=always).
+        DispatchOptions::exclusive(Transport::Virtio),
     ));
     let threads = args.thread_pool_size.unwrap_or_else(default_threads);
     let device = Arc::new(fs::FsDevice::new(dispatcher, tag, args.queues, threads)?);
