@@ -5,7 +5,9 @@
 # the ratios ours/fuse2fs and ours/kernel (below 1: we are faster).
 #
 # The images are made without a journal (`-O ^has_journal`) for all three, so every contender does
-# the same metadata work; vhost-ext4 serves journal-less images writable.
+# the same metadata work; vhost-ext4 serves journal-less images writable. A second round runs ours
+# and the kernel on images with the default jbd2 journal (fuse2fs does not write a journal), so
+# the cost of journaling shows next to the kernel's.
 # Usage: sudo bash ci/bench-namespace.sh [N]   (N files, default 20000). Needs root, /dev/fuse,
 # loop devices, e2fsprogs, fuse2fs.
 set -euo pipefail
@@ -50,14 +52,17 @@ run() { # name, mount command..., prints "phase seconds" lines
     local name=$1; shift
     local img="$WORK/$name.img" mnt="$WORK/mnt-$name"
     mkdir -p "$mnt"
-    mke2fs -q -F -t ext4 -O ^has_journal "$img" 1G
+    case $name in
+        *-jbd2) mke2fs -q -F -t ext4 "$img" 1G ;;
+        *) mke2fs -q -F -t ext4 -O ^has_journal "$img" 1G ;;
+    esac
     # Every contender starts from a cold page cache (the image and the workload script alike).
     sync
     echo 3 > /proc/sys/vm/drop_caches
     case $name in
-        ours) ( "$BIN" mount "$img" "$mnt" & ) ;;
+        ours*) ( "$BIN" mount "$img" "$mnt" & ) ;;
         fuse2fs) fuse2fs -o fakeroot "$img" "$mnt" ;;
-        kernel) mount -o loop "$img" "$mnt" ;;
+        kernel*) mount -o loop "$img" "$mnt" ;;
     esac
     for _ in $(seq 50); do mountpoint -q "$mnt" && break; sleep 0.1; done
     mountpoint -q "$mnt" || { echo "bench-namespace: $name did not mount" >&2; exit 1; }
@@ -71,6 +76,8 @@ run() { # name, mount command..., prints "phase seconds" lines
     run ours
     run fuse2fs
     run kernel
+    run ours-jbd2
+    run kernel-jbd2
 } | tee "$WORK/results"
 echo
 python3 - "$WORK/results" <<'PY'
@@ -85,4 +92,10 @@ print(f"{'phase':8} {'ours s':>8} {'fuse2fs s':>10} {'kernel s':>9} {'ours/fuse2
 for ph in ("create", "rename", "unlink"):
     o, f, k = t["ours"].get(ph), t["fuse2fs"].get(ph), t["kernel"].get(ph)
     print(f"{ph:8} {o:8.2f} {f:10.2f} {k:9.2f} {o / f:13.2f} {o / k:12.2f}")
+print()
+print("with a jbd2 journal")
+print(f"{'phase':8} {'ours s':>8} {'kernel s':>9} {'ours/kernel':>12} {'ours jbd2/none':>15}")
+for ph in ("create", "rename", "unlink"):
+    o, k, o0 = t["ours-jbd2"].get(ph), t["kernel-jbd2"].get(ph), t["ours"].get(ph)
+    print(f"{ph:8} {o:8.2f} {k:9.2f} {o / k:12.2f} {o / o0:15.2f}")
 PY

@@ -103,7 +103,7 @@ impl Fs {
 
     /// True for an inode whose `i_block` holds no block map at all: device nodes, FIFOs,
     /// sockets, fast symlinks (the target text) and inline data.
-    fn owns_no_block_map(&self, inode: &Inode) -> bool {
+    pub(super) fn owns_no_block_map(&self, inode: &Inode) -> bool {
         if inode.has_flag(flags::INLINE_DATA) {
             return true;
         }
@@ -124,7 +124,23 @@ impl Fs {
     }
 
     /// Allocate and map one block at `lblk` (which must be a hole). Returns the physical block.
+    ///
+    /// This and `truncate_blocks` are the only ways a block map changes: both drop the inode's
+    /// cached runs in the extent status tree, whatever the outcome (a failure may have changed
+    /// node blocks already). Any new way of changing a block map must do the same.
     pub(super) fn map_new_block(
+        &self,
+        ino: Ino,
+        inode: &mut Inode,
+        lblk: u32,
+        goal: u64,
+    ) -> Result<u64> {
+        let r = self.map_new_block_inner(ino, inode, lblk, goal);
+        self.es.forget_mapped(ino);
+        r
+    }
+
+    fn map_new_block_inner(
         &self,
         ino: Ino,
         inode: &mut Inode,
@@ -158,8 +174,17 @@ impl Fs {
         Ok(pblk)
     }
 
-    /// Free every block mapped at or after logical block `from` (truncate).
+    /// Free every block mapped at or after logical block `from` (truncate). Drops the inode's
+    /// cached runs, and its delayed ranges from `from` on (the data path releases their
+    /// reservations before truncating).
     pub(super) fn truncate_blocks(&self, ino: Ino, inode: &mut Inode, from: u64) -> Result<()> {
+        let r = self.truncate_blocks_inner(ino, inode, from);
+        self.es.forget_mapped(ino);
+        self.es.remove(ino, from, u64::MAX);
+        r
+    }
+
+    fn truncate_blocks_inner(&self, ino: Ino, inode: &mut Inode, from: u64) -> Result<()> {
         if self.owns_no_block_map(inode) {
             return Ok(());
         }

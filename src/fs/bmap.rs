@@ -1,8 +1,21 @@
-//! Logical → physical block mapping: extent trees of any depth and ext2/ext3 indirect block maps.
+//! Logical → physical block mapping: extent trees of any depth and ext2/ext3 indirect block maps,
+//! cached in the extent status tree (`extent::status`).
+//!
+//! Every walk also finds the *run* around the block: the extent, the hole between two extents
+//! (bounded by index keys where the walk is), the missing indirect subtree, or the run of
+//! contiguous (or zero) pointers in one indirect array — exactly the blocks for which the walk
+//! takes the same path and reports the same end. That run is recorded, keyed by the inode's
+//! `i_block` and generation, so a later lookup anywhere in it answers what the walk would have.
+//! Changes below the root are covered by `Fs::map_new_block` / `truncate_blocks` dropping the
+//! inode's runs, and freeing an inode drops its tree.
+//!
+//! Locking: callers hold the namespace lock (readers shared, block-map writers exclusive), so no
+//! walk runs while a map changes; the status cache takes its own short shard lock inside.
 
 use super::Fs;
 use super::types::Ino;
 use crate::errno::Result;
+use crate::extent::{MapRoot, Status};
 use crate::ondisk::extent::{self, Node};
 use crate::ondisk::inode::{Inode, flags};
 use crate::ondisk::le::u32_at;
@@ -25,8 +38,45 @@ pub(super) struct Mapping {
 /// Highest logical block + 1 a file can have.
 const MAX_LBLK: u64 = 1 << 32;
 
+/// A run of the on-disk map with the exact bounds every lookup inside it reports: the walk for
+/// any block in `[start, start + len)` returns `target` (advanced by the offset) and the run's end.
+/// Found along with a walk; cached in the extent status tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    start: u64,
+    len: u64,
+    target: Target,
+}
+
+impl Run {
+    fn status(&self) -> Status {
+        match self.target {
+            Target::Hole => Status::Hole,
+            Target::Data {
+                pblk,
+                unwritten: false,
+            } => Status::Written { pblk },
+            Target::Data {
+                pblk,
+                unwritten: true,
+            } => Status::Unwritten { pblk },
+        }
+    }
+}
+
+/// The cache key of an inode's block map (see `extent::status`).
+fn map_root(inode: &Inode) -> MapRoot {
+    MapRoot {
+        block: inode.block,
+        extents: inode.has_flag(flags::EXTENTS),
+        generation: inode.generation,
+    }
+}
+
 impl Fs {
-    /// Map the run of blocks starting at `lblk`.
+    /// Map the run of blocks starting at `lblk`: from the extent status tree when it holds the
+    /// on-disk run containing `lblk` (read through the same `i_block`), else by walking the
+    /// extent tree or indirect map, recording the run found. Both give the same answer.
     pub(super) fn map_block(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Mapping> {
         if lblk >= MAX_LBLK {
             return Ok(Mapping {
@@ -35,11 +85,71 @@ impl Fs {
                 target: Target::Hole,
             });
         }
-        let m = if inode.has_flag(flags::EXTENTS) {
+        let root = map_root(inode);
+        let m = match self.es.lookup_mapping(ino, &root, lblk) {
+            Some((start, len, status)) => {
+                let off = lblk - start;
+                Mapping {
+                    lblk,
+                    len: len - off,
+                    target: match status.advance(off) {
+                        Status::Written { pblk } => Target::Data {
+                            pblk,
+                            unwritten: false,
+                        },
+                        Status::Unwritten { pblk } => Target::Data {
+                            pblk,
+                            unwritten: true,
+                        },
+                        Status::Hole | Status::Delayed => Target::Hole,
+                    },
+                }
+            }
+            None => {
+                let (m, run) = self.walk_map(ino, inode, lblk)?;
+                if let Some(r) = run {
+                    self.es
+                        .record_mapping(ino, &root, r.start, r.len, r.status());
+                }
+                m
+            }
+        };
+        self.check_mapping(ino, lblk, m)
+    }
+
+    /// `map_block` without the extent status tree (tests compare the two).
+    #[cfg(test)]
+    pub(super) fn map_block_uncached(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Mapping> {
+        if lblk >= MAX_LBLK {
+            return Ok(Mapping {
+                lblk,
+                len: 1,
+                target: Target::Hole,
+            });
+        }
+        let (m, _) = self.walk_map(ino, inode, lblk)?;
+        self.check_mapping(ino, lblk, m)
+    }
+
+    fn walk_map(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<(Mapping, Option<Run>)> {
+        let (m, run) = if inode.has_flag(flags::EXTENTS) {
             self.map_extent(ino, inode, lblk)?
         } else {
             self.map_indirect(ino, inode, lblk)?
         };
+        // The run must contain the mapping exactly as a lookup inside it would rebuild it.
+        let run = run.filter(|r| {
+            r.len > 0
+                && r.start <= lblk
+                && lblk - r.start < r.len
+                && m.len == r.start + r.len - lblk
+                && m.target == advance(r.target, lblk - r.start)
+        });
+        Ok((m, run))
+    }
+
+    /// Refuse a mapping to blocks outside the file system.
+    fn check_mapping(&self, ino: Ino, lblk: u64, m: Mapping) -> Result<Mapping> {
         if let Target::Data { pblk, .. } = m.target
             && (pblk < self.sb.first_data_block as u64
                 || pblk
@@ -54,11 +164,13 @@ impl Fs {
         Ok(m)
     }
 
-    fn map_extent(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Mapping> {
+    fn map_extent(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<(Mapping, Option<Run>)> {
         let mut owned;
         let mut node: &[u8] = &inode.block;
         let mut expect_depth: Option<u16> = None;
-        // Upper bound of the subtree we are in: the next index entry's start.
+        // The subtree we are in covers [lower, bound): its index key and the next index entry's
+        // start. Every block in it is walked down the same path.
+        let mut lower = 0u64;
         let mut bound = MAX_LBLK;
         let seed = self.inode_seed(ino, inode);
         loop {
@@ -74,15 +186,23 @@ impl Fs {
                     let pos = idx.partition_point(|x| (x.lblk as u64) <= lblk);
                     if pos == 0 {
                         let end = idx.first().map_or(bound, |x| x.lblk as u64).min(bound);
-                        return Ok(Mapping {
-                            lblk,
-                            len: end.saturating_sub(lblk).max(1),
-                            target: Target::Hole,
-                        });
+                        return Ok((
+                            Mapping {
+                                lblk,
+                                len: end.saturating_sub(lblk).max(1),
+                                target: Target::Hole,
+                            },
+                            Some(Run {
+                                start: lower,
+                                len: end.saturating_sub(lower),
+                                target: Target::Hole,
+                            }),
+                        ));
                     }
                     if let Some(next) = idx.get(pos) {
                         bound = bound.min(next.lblk as u64);
                     }
+                    lower = lower.max(idx[pos - 1].lblk as u64);
                     let child = idx[pos - 1].child;
                     if child < self.sb.first_data_block as u64 || child >= self.sb.blocks_count {
                         return Err(crate::corrupt!(
@@ -105,57 +225,74 @@ impl Fs {
                         ));
                     }
                     let pos = exts.partition_point(|e| (e.lblk as u64) <= lblk);
+                    let mut hole_start = lower;
                     if pos > 0 {
                         let e = exts[pos - 1];
                         let end = e.lblk as u64 + e.len as u64;
                         if lblk < end {
                             let off = lblk - e.lblk as u64;
-                            return Ok(Mapping {
-                                lblk,
-                                len: end - lblk,
-                                target: Target::Data {
-                                    pblk: e.pblk + off,
-                                    unwritten: e.unwritten,
-                                },
+                            let target = Target::Data {
+                                pblk: e.pblk,
+                                unwritten: e.unwritten,
+                            };
+                            // An extent sticking out of its subtree (a lenient index key) is not
+                            // walked here for all of its blocks: do not record it.
+                            let run = (e.lblk as u64 >= lower && end <= bound).then_some(Run {
+                                start: e.lblk as u64,
+                                len: e.len as u64,
+                                target,
                             });
+                            return Ok((
+                                Mapping {
+                                    lblk,
+                                    len: end - lblk,
+                                    target: advance(target, off),
+                                },
+                                run,
+                            ));
                         }
+                        hole_start = hole_start.max(end);
                     }
                     let end = exts.get(pos).map_or(bound, |e| e.lblk as u64).min(bound);
-                    return Ok(Mapping {
-                        lblk,
-                        len: end.saturating_sub(lblk).max(1),
-                        target: Target::Hole,
-                    });
+                    return Ok((
+                        Mapping {
+                            lblk,
+                            len: end.saturating_sub(lblk).max(1),
+                            target: Target::Hole,
+                        },
+                        Some(Run {
+                            start: hole_start,
+                            len: end.saturating_sub(hole_start),
+                            target: Target::Hole,
+                        }),
+                    ));
                 }
             }
         }
     }
 
-    fn map_indirect(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Mapping> {
+    fn map_indirect(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<(Mapping, Option<Run>)> {
         let apb = (self.block_size / 4) as u64;
         // Path of slot indexes from the inode's i_block down to the data pointer.
-        let (mut path, level_start): (Vec<u64>, u64) = if lblk < 12 {
-            (vec![lblk], 0)
+        let mut path: Vec<u64> = if lblk < 12 {
+            vec![lblk]
         } else if lblk < 12 + apb {
-            (vec![12, lblk - 12], 12)
+            vec![12, lblk - 12]
         } else if lblk < 12 + apb + apb * apb {
             let r = lblk - 12 - apb;
-            (vec![13, r / apb, r % apb], 12 + apb)
+            vec![13, r / apb, r % apb]
         } else {
             let r = lblk - 12 - apb - apb * apb;
             if r >= apb * apb * apb {
-                return Ok(Mapping {
+                let m = Mapping {
                     lblk,
                     len: 1,
                     target: Target::Hole,
-                });
+                };
+                return Ok((m, None));
             }
-            (
-                vec![14, r / (apb * apb), (r / apb) % apb, r % apb],
-                12 + apb + apb * apb,
-            )
+            vec![14, r / (apb * apb), (r / apb) % apb, r % apb]
         };
-        let _ = level_start;
         let last = path.pop().unwrap_or(0) as usize;
         // Walk down to the array holding the data pointer.
         let mut array: Option<std::sync::Arc<[u8]>> = None;
@@ -171,11 +308,18 @@ impl Fs {
                 let below = (depth - level) as u32;
                 let span = apb.pow(below);
                 let pos_in_span = lblk_offset_in_span(lblk, apb, &path, level, last as u64);
-                return Ok(Mapping {
-                    lblk,
-                    len: span - pos_in_span,
-                    target: Target::Hole,
-                });
+                return Ok((
+                    Mapping {
+                        lblk,
+                        len: span - pos_in_span,
+                        target: Target::Hole,
+                    },
+                    Some(Run {
+                        start: lblk - pos_in_span,
+                        len: span,
+                        target: Target::Hole,
+                    }),
+                ));
             }
             if ptr >= self.sb.blocks_count || ptr < self.sb.first_data_block as u64 {
                 return Err(crate::corrupt!(
@@ -194,29 +338,68 @@ impl Fs {
                 Some(a) => u32_at(a, i * 4) as u64,
             }
         };
+        // Logical block of the array's first slot.
+        let base = lblk - last as u64;
         let first = word(last);
         let mut n = 1usize;
         if first == 0 {
             while last + n < words && word(last + n) == 0 {
                 n += 1;
             }
-            return Ok(Mapping {
-                lblk,
-                len: n as u64,
-                target: Target::Hole,
-            });
+            let mut b = last;
+            while b > 0 && word(b - 1) == 0 {
+                b -= 1;
+            }
+            return Ok((
+                Mapping {
+                    lblk,
+                    len: n as u64,
+                    target: Target::Hole,
+                },
+                Some(Run {
+                    start: base + b as u64,
+                    len: (last + n - b) as u64,
+                    target: Target::Hole,
+                }),
+            ));
         }
         while last + n < words && word(last + n) == first + n as u64 {
             n += 1;
         }
-        Ok(Mapping {
-            lblk,
-            len: n as u64,
-            target: Target::Data {
-                pblk: first,
-                unwritten: false,
+        // Where the physically contiguous run through `last` starts.
+        let mut b = last;
+        while b > 0 && word(b - 1) != 0 && word(b - 1) + 1 == word(b) {
+            b -= 1;
+        }
+        Ok((
+            Mapping {
+                lblk,
+                len: n as u64,
+                target: Target::Data {
+                    pblk: first,
+                    unwritten: false,
+                },
             },
-        })
+            Some(Run {
+                start: base + b as u64,
+                len: (last + n - b) as u64,
+                target: Target::Data {
+                    pblk: word(b),
+                    unwritten: false,
+                },
+            }),
+        ))
+    }
+}
+
+/// `t` for the block `off` blocks into a run starting with `t`.
+fn advance(t: Target, off: u64) -> Target {
+    match t {
+        Target::Hole => Target::Hole,
+        Target::Data { pblk, unwritten } => Target::Data {
+            pblk: pblk + off,
+            unwritten,
+        },
     }
 }
 

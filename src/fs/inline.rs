@@ -86,6 +86,8 @@ impl Fs {
             Err(Errno::ENOSPC) => return Ok(false),
             Err(e) => return Err(e),
         }
+        // i_block now holds dirents, not a block map.
+        self.es.forget_mapped(ino);
         *inode = n;
         Ok(true)
     }
@@ -217,6 +219,8 @@ impl Fs {
         }
         self.finish_leaf(dir, &n, &mut b);
         self.put_block(pblk, b);
+        // A block map replaces the inline data (map_new_block already dropped cached runs).
+        self.es.forget_mapped(dir);
         *dinode = n;
         Ok(())
     }
@@ -361,6 +365,8 @@ impl Fs {
             return Err(e);
         }
         n.size = size;
+        // A block map replaces the inline data (possibly without a block yet).
+        self.es.forget_mapped(ino);
         *inode = n;
         Ok(())
     }

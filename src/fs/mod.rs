@@ -48,6 +48,10 @@ pub struct Fs {
     /// Set when a metadata write failed: the journal is aborted and the file system read-only.
     aborted: std::sync::atomic::AtomicBool,
     cache: BufferCache,
+    /// Extent status trees: the read path's cache of each inode's block map (exact runs of the
+    /// extent tree or indirect map). Every change of a block map drops the inode's cached runs
+    /// (`forget_mapped`); freeing an inode drops its tree (`forget_inode`).
+    es: crate::extent::ExtentStatusCache,
     /// FUSE lookup references per inode.
     lookups: Mutex<HashMap<Ino, u64>>,
     /// Open directory handles and the listing each one walks.
@@ -124,6 +128,8 @@ mod crash_tests;
 mod indirect_tests;
 #[cfg(test)]
 mod inline_tests;
+#[cfg(test)]
+mod status_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -89,6 +89,7 @@ impl Fs {
             read_only,
             aborted: std::sync::atomic::AtomicBool::new(false),
             cache: BufferCache::new(CACHE_BLOCKS),
+            es: Default::default(),
             lookups: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -201,6 +202,8 @@ impl Fs {
         self.itables = groups.iter().map(|g| g.inode_table).collect();
         self.alloc = Allocator::new(Geometry::from_superblock(&sb), groups, locations, fixed);
         self.cache = BufferCache::new(CACHE_BLOCKS);
+        // Block maps read before the replay (the journal inode's) may have changed under it.
+        self.es = Default::default();
         *self.sb_live.lock().unwrap_or_else(|e| e.into_inner()) = super::SbLive::new(&sb);
         self.sb = sb;
         Ok(())

@@ -75,6 +75,8 @@ impl Fs {
     fn new_inode(&self, parent: Ino, pdir: &Inode, mode: u32, ctx: &Ctx) -> Result<(Ino, Inode)> {
         let is_dir = mode & inode::S_IFMT == inode::S_IFDIR;
         let ino = self.alloc.alloc_inode(self, parent, is_dir)?;
+        // The number may be reused: nothing cached about a former owner may survive.
+        self.es.forget_inode(ino);
         let t = now();
         let mut mode = mode;
         let mut gid = ctx.gid;
@@ -680,8 +682,15 @@ impl Fs {
         self.free_inode(ino, i)
     }
 
-    /// Release every block and the inode number of an unlinked inode.
+    /// Release every block and the inode number of an unlinked inode. Its extent status tree
+    /// goes too, whatever the outcome: the number will be reused.
     pub(super) fn free_inode(&self, ino: Ino, i: &mut Inode) -> Result<()> {
+        let r = self.free_inode_inner(ino, i);
+        self.es.forget_inode(ino);
+        r
+    }
+
+    fn free_inode_inner(&self, ino: Ino, i: &mut Inode) -> Result<()> {
         self.truncate_blocks(ino, i, 0)?;
         if i.file_acl != 0 {
             self.release_xattr_block(ino, i)?;
