@@ -8,7 +8,7 @@
 use super::Fs;
 use super::types::{DirEntry, Ino};
 use crate::errno::{Errno, Result};
-use crate::ondisk::dirent::{self, RawDirent};
+use crate::ondisk::dirent::{self, DirentRef};
 use crate::ondisk::htree;
 use crate::ondisk::inode::{I_BLOCK_LEN, Inode, flags};
 use crate::ondisk::superblock::{compat, incompat};
@@ -20,11 +20,15 @@ pub(super) struct Listing {
     entries: Vec<(u64, DirEntry)>,
 }
 
+/// What [`Fs::walk_dir`] calls for each entry: (cookie key, inode, file type, name).
+type VisitEntry<'f> = dyn FnMut(u64, u32, u8, &[u8]) + 'f;
+
 /// Where a directory entry was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Located {
     pub ino: Ino,
-    pub lblk: Option<u64>,
+    /// The directory block holding the entry: (logical, physical).
+    pub lblk: Option<(u64, u64)>,
 }
 
 /// Key after the last entry: resuming there yields nothing.
@@ -87,9 +91,19 @@ impl Fs {
 
     /// Read directory block `lblk` (a metadata block), refusing holes.
     pub(super) fn dir_block(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Arc<[u8]>> {
+        self.dir_block_at(ino, inode, lblk).map(|(_, b)| b)
+    }
+
+    /// Read directory block `lblk`, refusing holes; returns its physical number too.
+    pub(super) fn dir_block_at(
+        &self,
+        ino: Ino,
+        inode: &Inode,
+        lblk: u64,
+    ) -> Result<(u64, Arc<[u8]>)> {
         let m = self.map_block(ino, inode, lblk)?;
         match m.target {
-            super::bmap::Target::Data { pblk, .. } => self.read_meta_block(pblk),
+            super::bmap::Target::Data { pblk, .. } => Ok((pblk, self.read_meta_block(pblk)?)),
             super::bmap::Target::Hole => Err(crate::corrupt!(
                 "inode {ino}: directory has a hole at block {lblk}"
             )),
@@ -112,43 +126,71 @@ impl Fs {
         dirent::is_dx_node_block(block)
     }
 
-    /// Parse a leaf block, checking its checksum tail on metadata_csum file systems.
-    pub(super) fn dir_leaf(
+    /// The entry region of leaf block `lblk` (the checksum tail cut off), after checking the
+    /// tail on metadata_csum file systems. The entries themselves are not checked here.
+    pub(super) fn leaf_region<'b>(
         &self,
         ino: Ino,
         inode: &Inode,
         lblk: u64,
-        block: &[u8],
-    ) -> Result<Vec<RawDirent>> {
-        let mut region = block;
-        if self.sb.has_metadata_csum() {
-            match dirent::verify_leaf(self.inode_seed(ino, inode), block) {
-                Ok(true) => region = &block[..block.len() - dirent::TAIL_LEN],
-                Ok(false) => {
-                    return Err(crate::corrupt!(
-                        "inode {ino}: directory block {lblk} checksum mismatch"
-                    ));
-                }
-                Err(e) => return Err(crate::corrupt!("inode {ino}: directory block {lblk}: {e}")),
-            }
+        block: &'b [u8],
+    ) -> Result<&'b [u8]> {
+        if !self.sb.has_metadata_csum() {
+            return Ok(block);
         }
-        dirent::parse_block(region, self.has_filetype())
-            .map_err(|e| crate::corrupt!("inode {ino}: directory block {lblk}: {e}"))
+        match dirent::verify_leaf(self.inode_seed(ino, inode), block) {
+            Ok(true) => Ok(&block[..block.len() - dirent::TAIL_LEN]),
+            Ok(false) => Err(crate::corrupt!(
+                "inode {ino}: directory block {lblk} checksum mismatch"
+            )),
+            Err(e) => Err(crate::corrupt!("inode {ino}: directory block {lblk}: {e}")),
+        }
     }
 
-    /// The two regions of an inline directory: (`i_block` after the parent word, `system.data`).
-    fn inline_dir_regions(
+    /// Check a leaf block (checksum tail, then every entry) and return its entry region.
+    pub(super) fn dir_leaf<'b>(
         &self,
         ino: Ino,
         inode: &Inode,
-    ) -> Result<(u32, Vec<RawDirent>, Vec<RawDirent>)> {
+        lblk: u64,
+        block: &'b [u8],
+    ) -> Result<&'b [u8]> {
+        let region = self.leaf_region(ino, inode, lblk, block)?;
+        dirent::check_block(region, self.has_filetype())
+            .map_err(|e| crate::corrupt!("inode {ino}: directory block {lblk}: {e}"))?;
+        Ok(region)
+    }
+
+    /// Check a leaf block (as [`Fs::dir_leaf`]) and find the live entry `name` in it, in place.
+    pub(super) fn dir_leaf_find<'b>(
+        &self,
+        ino: Ino,
+        inode: &Inode,
+        lblk: u64,
+        block: &'b [u8],
+        name: &[u8],
+    ) -> Result<Option<DirentRef<'b>>> {
+        let region = self.leaf_region(ino, inode, lblk, block)?;
+        dirent::find_entry(region, name, self.has_filetype())
+            .map_err(|e| crate::corrupt!("inode {ino}: directory block {lblk}: {e}"))
+    }
+
+    /// The two regions of an inline directory: (parent, `i_block` after the parent word,
+    /// `system.data`), both checked entry by entry.
+    fn inline_dir_regions<'i>(
+        &self,
+        ino: Ino,
+        inode: &'i Inode,
+    ) -> Result<(u32, &'i [u8], Vec<u8>)> {
         let parent = inode.block_word(0);
-        let first = dirent::parse_block(&inode.block[4..I_BLOCK_LEN], self.has_filetype())
+        let first = &inode.block[4..I_BLOCK_LEN];
+        dirent::check_block(first, self.has_filetype())
             .map_err(|e| crate::corrupt!("inode {ino}: inline directory: {e}"))?;
         let second = if inode.size as usize > I_BLOCK_LEN {
             let x = self.inline_xattr(ino, inode)?;
-            dirent::parse_block(&x, self.has_filetype())
-                .map_err(|e| crate::corrupt!("inode {ino}: inline directory (xattr part): {e}"))?
+            dirent::check_block(&x, self.has_filetype())
+                .map_err(|e| crate::corrupt!("inode {ino}: inline directory (xattr part): {e}"))?;
+            x
         } else {
             Vec::new()
         };
@@ -157,28 +199,47 @@ impl Fs {
 
     /// Build the listing of directory `ino`.
     pub(super) fn list_dir(&self, ino: Ino, inode: &Inode) -> Result<Listing> {
+        let ft = self.has_filetype();
+        let mut out: Vec<(u64, DirEntry)> = Vec::new();
+        self.walk_dir(ino, inode, true, &mut |key, ino, t, name| {
+            out.push((key, entry(ino, t, name, ft)));
+        })?;
+        Ok(Listing::new(out))
+    }
+
+    /// Visit every live entry of directory `ino` in place (name borrowed from the block), with
+    /// "." and ".." first, checking every block as it goes; any corruption fails the whole walk.
+    /// `f` gets (cookie key, inode, file type, name); the keys of an htree directory cost a hash
+    /// per entry and are computed only when `keys` is set (else they are 0).
+    fn walk_dir(&self, ino: Ino, inode: &Inode, keys: bool, f: &mut VisitEntry) -> Result<()> {
         if !inode.is_dir() {
             return Err(Errno::ENOTDIR);
         }
         let ft = self.has_filetype();
-        let mut out: Vec<(u64, DirEntry)> = Vec::new();
         if inode.has_flag(flags::INLINE_DATA) {
             let (parent, first, second) = self.inline_dir_regions(ino, inode)?;
-            out.push((0, entry(ino as u32, dirent::FT_DIR, b".", ft)));
-            out.push((1, entry(parent, dirent::FT_DIR, b"..", ft)));
-            for d in first.iter().filter(|d| d.inode != 0) {
-                out.push((
+            f(0, ino as u32, dirent::FT_DIR, b".");
+            f(1, parent, dirent::FT_DIR, b"..");
+            // Both regions were checked: the iterators yield no errors.
+            for d in dirent::entries(first, ft)
+                .flatten()
+                .filter(|d| d.inode != 0)
+            {
+                f(
                     FIRST_KEY + 4 + d.offset as u64,
-                    entry(d.inode, d.file_type, &d.name, ft),
-                ));
+                    d.inode,
+                    d.file_type,
+                    d.name,
+                );
             }
-            for d in second.iter().filter(|d| d.inode != 0) {
-                out.push((
-                    FIRST_KEY + I_BLOCK_LEN as u64 + d.offset as u64,
-                    entry(d.inode, d.file_type, &d.name, ft),
-                ));
+            for d in dirent::entries(&second, ft)
+                .flatten()
+                .filter(|d| d.inode != 0)
+            {
+                let key = FIRST_KEY + I_BLOCK_LEN as u64 + d.offset as u64;
+                f(key, d.inode, d.file_type, d.name);
             }
-            return Ok(Listing::new(out));
+            return Ok(());
         }
         let nblocks = self.dir_block_count(ino, inode)?;
         let bs = self.block_size as u64;
@@ -199,22 +260,33 @@ impl Fs {
             let block = self.dir_block(ino, inode, lblk)?;
             if hashed.is_some() && lblk == 0 {
                 // The dx root: only "." and ".." are real entries.
-                let dot = crate::ondisk::le::u32_at(&block, 0);
-                out.push((0, entry(dot, dirent::FT_DIR, b".", ft)));
-                let dotdot = crate::ondisk::le::u32_at(&block, 12);
-                out.push((1, entry(dotdot, dirent::FT_DIR, b"..", ft)));
+                f(
+                    0,
+                    crate::ondisk::le::u32_at(&block, 0),
+                    dirent::FT_DIR,
+                    b".",
+                );
+                f(
+                    1,
+                    crate::ondisk::le::u32_at(&block, 12),
+                    dirent::FT_DIR,
+                    b"..",
+                );
                 continue;
             }
             if hashed.is_some() && self.is_dx_node(&block) {
                 continue;
             }
-            for d in self.dir_leaf(ino, inode, lblk, &block)? {
+            let region = self.dir_leaf(ino, inode, lblk, &block)?;
+            // The block was checked: the iterator yields no errors.
+            for d in dirent::entries(region, ft).flatten() {
                 if d.inode == 0 {
                     continue;
                 }
                 let key = match hashed {
+                    Some(_) if !keys => 0,
                     Some(v) => {
-                        let (major, minor) = htree::dirhash(&d.name, v, &self.sb.hash_seed)
+                        let (major, minor) = htree::dirhash(d.name, v, &self.sb.hash_seed)
                             .map_err(|e| crate::corrupt!("inode {ino}: {e}"))?;
                         ((major as u64) << 31 | minor as u64 >> 1).max(FIRST_KEY)
                     }
@@ -222,10 +294,20 @@ impl Fs {
                     None if d.name == b".." => 1,
                     None => (lblk * bs + d.offset as u64).max(FIRST_KEY),
                 };
-                out.push((key, entry(d.inode, d.file_type, &d.name, ft)));
+                f(key, d.inode, d.file_type, d.name);
             }
         }
-        Ok(Listing::new(out))
+        Ok(())
+    }
+
+    /// True when a directory holds nothing but "." and "..". Checks the whole directory as a
+    /// listing would, without building one.
+    pub(super) fn dir_is_empty(&self, dir: Ino, dinode: &Inode) -> Result<bool> {
+        let mut empty = true;
+        self.walk_dir(dir, dinode, false, &mut |_, _, _, name| {
+            empty &= name == b"." || name == b"..";
+        })?;
+        Ok(empty)
     }
 
     /// Find `name` in directory `ino`; returns the entry's inode number.
@@ -256,10 +338,11 @@ impl Fs {
                     lblk: None,
                 });
             }
-            return first
-                .iter()
-                .chain(second.iter())
-                .find(|d| d.inode != 0 && d.name == name)
+            let ft = self.has_filetype();
+            return dirent::entries(first, ft)
+                .chain(dirent::entries(&second, ft))
+                .flatten()
+                .find(|d| d.is_live(name))
                 .map(|d| Located {
                     ino: d.inode as Ino,
                     lblk: None,
@@ -270,14 +353,14 @@ impl Fs {
         if self.is_htree(inode) && nblocks > 0 && name != b"." && name != b".." {
             let root = self.dir_block(ino, inode, 0)?;
             if let Some((info, entries, version)) = self.dx_hash_params(&root) {
-                return self.dx_find(ino, inode, name, &info, entries, version, nblocks);
+                return self.dx_find(ino, inode, name, &root, &info, entries, version, nblocks);
             }
             return Err(crate::corrupt!(
                 "inode {ino}: htree root is invalid or uses an unsupported hash"
             ));
         }
         for lblk in 0..nblocks {
-            let block = self.dir_block(ino, inode, lblk)?;
+            let (pblk, block) = self.dir_block_at(ino, inode, lblk)?;
             if self.is_htree(inode) && lblk == 0 {
                 // "." / ".." in the dx root.
                 let want = if name == b"." { 0 } else { 12 };
@@ -286,14 +369,10 @@ impl Fs {
                     lblk: None,
                 });
             }
-            if let Some(d) = self
-                .dir_leaf(ino, inode, lblk, &block)?
-                .iter()
-                .find(|d| d.inode != 0 && d.name == name)
-            {
+            if let Some(d) = self.dir_leaf_find(ino, inode, lblk, &block, name)? {
                 return Ok(Located {
                     ino: d.inode as Ino,
-                    lblk: Some(lblk),
+                    lblk: Some((lblk, pblk)),
                 });
             }
         }
@@ -341,6 +420,7 @@ impl Fs {
         ino: Ino,
         inode: &Inode,
         name: &[u8],
+        root: &[u8],
         info: &htree::DxRootInfo,
         root_entries: htree::DxEntries,
         version: u8,
@@ -357,8 +437,7 @@ impl Fs {
                 info.indirect_levels + 1
             ));
         }
-        let root = self.dir_block(ino, inode, 0)?;
-        self.dx_check_csum(ino, inode, 0, &root, &root_entries)?;
+        self.dx_check_csum(ino, inode, 0, root, &root_entries)?;
         let (hash, _minor) = htree::dirhash(name, version, &self.sb.hash_seed)
             .map_err(|e| crate::corrupt!("inode {ino}: {e}"))?;
         let check = |b: u32| -> Result<u64> {
@@ -383,12 +462,11 @@ impl Fs {
             entries = self.dx_node(ino, inode, blk)?;
         };
         loop {
-            let block = self.dir_block(ino, inode, leaf)?;
-            let found = self.dir_leaf(ino, inode, leaf, &block)?;
-            if let Some(d) = found.iter().find(|d| d.inode != 0 && d.name == name) {
+            let (pblk, block) = self.dir_block_at(ino, inode, leaf)?;
+            if let Some(d) = self.dir_leaf_find(ino, inode, leaf, &block, name)? {
                 return Ok(Located {
                     ino: d.inode as Ino,
-                    lblk: Some(leaf),
+                    lblk: Some((leaf, pblk)),
                 });
             }
             // Step to the next index slot, climbing as needed.

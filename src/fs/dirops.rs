@@ -98,32 +98,60 @@ impl Fs {
         Ok(())
     }
 
-    /// Insert `name` → `target` into a leaf block; false when it has no room.
+    /// Insert `name` → `target` into leaf block `lblk` (physical `pblk`, contents `block`):
+    /// the block is checked (checksum tail, every entry) and searched for room in place, and
+    /// copied for writing only when the entry fits. False when it has no room.
+    #[allow(clippy::too_many_arguments)]
     fn leaf_insert(
         &self,
         ino: Ino,
         inode: &Inode,
+        lblk: u64,
+        pblk: u64,
+        block: &[u8],
+        name: &[u8],
+        target: Ino,
+        ft: u8,
+    ) -> Result<bool> {
+        let filetype = self.has_filetype();
+        let region = self.leaf_region(ino, inode, lblk, block)?;
+        let Some(slot) = dirent::find_slot(region, name.len(), filetype)
+            .map_err(|e| crate::corrupt!("inode {ino}: directory block {lblk}: {e}"))?
+        else {
+            return Ok(false);
+        };
+        // The namespace lock keeps the cached block as `block` was read.
+        let mut b = self.block_for_write(pblk)?;
+        debug_assert_eq!(&b[..], block);
+        let rl = self.leaf_region_len();
+        dirent::write_slot(
+            &mut b[..rl],
+            slot,
+            name,
+            target as u32,
+            ft,
+            filetype,
+            self.block_size as usize,
+        );
+        self.finish_leaf(ino, inode, &mut b);
+        self.put_block(pblk, b);
+        Ok(true)
+    }
+
+    /// Insert into a leaf block this operation just wrote (already known to be well formed).
+    #[allow(clippy::too_many_arguments)]
+    fn leaf_insert_fresh(
+        &self,
+        ino: Ino,
+        inode: &Inode,
+        lblk: u64,
         pblk: u64,
         name: &[u8],
         target: Ino,
         ft: u8,
     ) -> Result<bool> {
-        let mut b = self.block_for_write(pblk)?;
-        let rl = self.leaf_region_len();
-        let ok = dirent::insert_entry(
-            &mut b[..rl],
-            name,
-            target as u32,
-            ft,
-            self.has_filetype(),
-            self.block_size as usize,
-        )
-        .map_err(|e| crate::corrupt!("inode {ino}: directory block {pblk}: {e}"))?;
-        if ok {
-            self.finish_leaf(ino, inode, &mut b);
-            self.put_block(pblk, b);
-        }
-        Ok(ok)
+        let block = self.read_meta_block(pblk)?;
+        self.leaf_insert(ino, inode, lblk, pblk, &block, name, target, ft)
     }
 
     /// Add `name` → `target` (file type `ft`) to directory `dir`. The name must not exist yet.
@@ -143,11 +171,8 @@ impl Fs {
         }
         let nblocks = self.dir_block_count(dir, dinode)?;
         for lblk in 0..nblocks {
-            let pblk = self.dir_pblk(dir, dinode, lblk)?;
-            // Verify the block before changing it.
-            let block = self.dir_block(dir, dinode, lblk)?;
-            self.dir_leaf(dir, dinode, lblk, &block)?;
-            if self.leaf_insert(dir, dinode, pblk, name, target, ft)? {
+            let (pblk, block) = self.dir_block_at(dir, dinode, lblk)?;
+            if self.leaf_insert(dir, dinode, lblk, pblk, &block, name, target, ft)? {
                 return Ok(());
             }
         }
@@ -155,13 +180,13 @@ impl Fs {
             self.make_indexed(dir, dinode)?;
             return self.dx_add(dir, dinode, name, target, ft);
         }
-        let (_, pblk) = self.dir_append_block(dir, dinode)?;
+        let (lblk, pblk) = self.dir_append_block(dir, dinode)?;
         let mut b = self.new_block_buf();
         let rl = self.leaf_region_len();
         dirent::init_empty_region(&mut b[..rl], self.block_size as usize);
         self.finish_leaf(dir, dinode, &mut b);
         self.put_block(pblk, b);
-        if self.leaf_insert(dir, dinode, pblk, name, target, ft)? {
+        if self.leaf_insert_fresh(dir, dinode, lblk, pblk, name, target, ft)? {
             Ok(())
         } else {
             Err(Errno::ENAMETOOLONG)
@@ -175,10 +200,9 @@ impl Fs {
             return self.inline_remove_entry(dir, dinode, name);
         }
         let loc = self.locate_entry(dir, dinode, name)?;
-        let Some(lblk) = loc.lblk else {
+        let Some((lblk, pblk)) = loc.lblk else {
             return Err(Errno::EINVAL);
         };
-        let pblk = self.dir_pblk(dir, dinode, lblk)?;
         let mut b = self.block_for_write(pblk)?;
         let rl = self.leaf_region_len();
         let removed = dirent::remove_entry(
@@ -210,10 +234,9 @@ impl Fs {
             return self.inline_retarget_entry(dir, dinode, name, target, ft);
         }
         let loc = self.locate_entry(dir, dinode, name)?;
-        let Some(lblk) = loc.lblk else {
+        let Some((lblk, pblk)) = loc.lblk else {
             return Err(Errno::EINVAL);
         };
-        let pblk = self.dir_pblk(dir, dinode, lblk)?;
         let mut b = self.block_for_write(pblk)?;
         let rl = self.leaf_region_len();
         dirent::retarget_entry(&mut b[..rl], name, target as u32, ft, self.has_filetype())
@@ -280,7 +303,7 @@ impl Fs {
     /// entries move to a new leaf, block 1.
     fn make_indexed(&self, dir: Ino, dinode: &mut Inode) -> Result<()> {
         let block0 = self.dir_block(dir, dinode, 0)?;
-        let entries = self.dir_leaf(dir, dinode, 0, &block0)?;
+        let region0 = self.dir_leaf(dir, dinode, 0, &block0)?;
         let (_, leaf_pblk) = self.dir_append_block(dir, dinode)?;
         let bs = self.block_size as usize;
         let rl = self.leaf_region_len();
@@ -289,20 +312,18 @@ impl Fs {
         dirent::init_empty_region(&mut leaf[..rl], bs);
         let mut dot = None;
         let mut dotdot = None;
-        for d in entries.iter().filter(|d| d.inode != 0) {
-            match d.name.as_slice() {
+        // The block was checked: the iterator yields no errors.
+        for d in dirent::entries(region0, ft)
+            .flatten()
+            .filter(|d| d.inode != 0)
+        {
+            match d.name {
                 b"." => dot = Some(d.inode),
                 b".." => dotdot = Some(d.inode),
                 _ => {
-                    let ok = dirent::insert_entry(
-                        &mut leaf[..rl],
-                        &d.name,
-                        d.inode,
-                        d.file_type,
-                        ft,
-                        bs,
-                    )
-                    .map_err(|e| crate::corrupt!("inode {dir}: {e}"))?;
+                    let ok =
+                        dirent::insert_entry(&mut leaf[..rl], d.name, d.inode, d.file_type, ft, bs)
+                            .map_err(|e| crate::corrupt!("inode {dir}: {e}"))?;
                     if !ok {
                         return Err(crate::corrupt!(
                             "inode {dir}: directory entries do not fit one block"
@@ -376,46 +397,45 @@ impl Fs {
             lblk = child;
             entries = self.dx_node(dir, dinode, child)?;
         };
-        let leaf_pblk = self.dir_pblk(dir, dinode, leaf)?;
-        let block = self.dir_block(dir, dinode, leaf)?;
-        self.dir_leaf(dir, dinode, leaf, &block)?;
-        if self.leaf_insert(dir, dinode, leaf_pblk, name, target, ft)? {
+        let (leaf_pblk, block) = self.dir_block_at(dir, dinode, leaf)?;
+        if self.leaf_insert(dir, dinode, leaf, leaf_pblk, &block, name, target, ft)? {
             return Ok(());
         }
         // Split the leaf by hash: the upper part moves to a new block.
-        let (split_hash, new_pblk) =
-            self.dx_split_leaf(dir, dinode, leaf, leaf_pblk, version, &mut path)?;
-        let dest = if hash >= split_hash & !1 {
-            new_pblk
+        let (split_hash, new_lblk, new_pblk) =
+            self.dx_split_leaf(dir, dinode, leaf, leaf_pblk, &block, version, &mut path)?;
+        let (dest_lblk, dest) = if hash >= split_hash & !1 {
+            (new_lblk, new_pblk)
         } else {
-            leaf_pblk
+            (leaf, leaf_pblk)
         };
-        if self.leaf_insert(dir, dinode, dest, name, target, ft)? {
+        if self.leaf_insert_fresh(dir, dinode, dest_lblk, dest, name, target, ft)? {
             Ok(())
         } else {
             Err(Errno::ENOSPC)
         }
     }
 
-    /// Move the upper half (by hash) of a full leaf into a new block and index it.
-    /// Returns the new block's hash key and physical block.
+    /// Move the upper half (by hash) of a full leaf (contents `block`) into a new block and
+    /// index it. Returns the new block's hash key, logical and physical block.
+    #[allow(clippy::too_many_arguments)]
     fn dx_split_leaf(
         &self,
         dir: Ino,
         dinode: &mut Inode,
         leaf: u64,
         leaf_pblk: u64,
+        block: &[u8],
         version: u8,
         path: &mut Vec<Level>,
-    ) -> Result<(u32, u64)> {
-        let block = self.dir_block(dir, dinode, leaf)?;
-        let mut live: Vec<(u32, u32, dirent::RawDirent)> = Vec::new();
-        for d in self
-            .dir_leaf(dir, dinode, leaf, &block)?
-            .into_iter()
+    ) -> Result<(u32, u64, u64)> {
+        let region = self.dir_leaf(dir, dinode, leaf, block)?;
+        let mut live: Vec<(u32, u32, dirent::DirentRef)> = Vec::new();
+        for d in dirent::entries(region, self.has_filetype())
+            .flatten()
             .filter(|d| d.inode != 0)
         {
-            let (h, m) = htree::dirhash(&d.name, version, &self.sb.hash_seed)
+            let (h, m) = htree::dirhash(d.name, version, &self.sb.hash_seed)
                 .map_err(|e| crate::corrupt!("inode {dir}: {e}"))?;
             live.push((h, m, d));
         }
@@ -441,11 +461,11 @@ impl Fs {
         let continued = live[split - 1].0 == hash2;
         let bs = self.block_size as usize;
         let ft = self.has_filetype();
-        let fill = |part: &[(u32, u32, dirent::RawDirent)]| -> Result<Vec<u8>> {
+        let fill = |part: &[(u32, u32, dirent::DirentRef)]| -> Result<Vec<u8>> {
             let mut b = self.new_block_buf();
             dirent::init_empty_region(&mut b[..rl], bs);
             for (_, _, d) in part {
-                let ok = dirent::insert_entry(&mut b[..rl], &d.name, d.inode, d.file_type, ft, bs)
+                let ok = dirent::insert_entry(&mut b[..rl], d.name, d.inode, d.file_type, ft, bs)
                     .map_err(|e| crate::corrupt!("inode {dir}: {e}"))?;
                 if !ok {
                     return Err(crate::corrupt!("inode {dir}: split leaf overflow"));
@@ -463,7 +483,7 @@ impl Fs {
         let level = path.len() - 1;
         let pos = path[level].slot + 1;
         self.dx_insert_index(dir, dinode, path, level, pos, key, new_lblk)?;
-        Ok((hash2, new_pblk))
+        Ok((hash2, new_lblk, new_pblk))
     }
 
     /// Insert index entry (`hash`, `child`) at `pos` of index level `level`, splitting full nodes
@@ -554,17 +574,12 @@ impl Fs {
         self.dx_insert_index(dir, dinode, path, level - 1, ppos, right_key, new_lblk)
     }
 
-    /// True when a directory holds nothing but "." and "..".
-    pub(super) fn dir_is_empty(&self, dir: Ino, dinode: &Inode) -> Result<bool> {
-        let listing = self.list_dir(dir, dinode)?;
-        Ok(listing
-            .from(0)
-            .iter()
-            .all(|(_, e)| e.name == b"." || e.name == b".."))
-    }
-
     /// The parent recorded in a directory's "..".
     pub(super) fn dotdot(&self, dir: Ino, dinode: &Inode) -> Result<Ino> {
         self.find_entry(dir, dinode, b"..")
     }
 }
+
+#[cfg(test)]
+#[path = "dir_bench.rs"]
+mod dir_bench;

@@ -61,6 +61,8 @@ pub struct Fs {
     ns: RwLock<()>,
     /// Unlinked inodes still referenced by the client; freed at their last forget.
     orphans: Mutex<HashSet<Ino>>,
+    /// In-memory back links of the on-disk orphan list (inode → the inode before it).
+    orphan_prev: Mutex<HashMap<Ino, Ino>>,
     /// O_TMPFILE inodes: unlinked, yet `link` may still give them a name.
     linkable: Mutex<HashSet<Ino>>,
     /// Superblock fields that change while mounted.

@@ -95,6 +95,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             ns: RwLock::new(()),
             orphans: Mutex::new(HashSet::new()),
+            orphan_prev: Mutex::new(HashMap::new()),
             linkable: Mutex::new(HashSet::new()),
             sb_live: Mutex::new(super::SbLive::new(&sb)),
             journal: None,

@@ -7,32 +7,64 @@ use crate::errno::Result;
 use crate::ondisk::inode::Inode;
 
 impl Fs {
+    fn orphan_prev_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Ino, Ino>> {
+        self.orphan_prev.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Put `ino` at the head of the orphan list.
     pub(super) fn orphan_add(&self, ino: Ino, i: &mut Inode) -> Result<()> {
         let mut live = self.sb_live.lock().unwrap_or_else(|e| e.into_inner());
-        i.dtime = live.last_orphan;
+        let old_head = live.last_orphan as Ino;
+        i.dtime = old_head as u32;
         live.last_orphan = ino as u32;
         drop(live);
+        if old_head != 0 {
+            self.orphan_prev_map().insert(old_head, ino);
+        }
         self.store_inode(ino, i)?;
         self.write_superblock(false)
     }
 
-    /// Unlink `ino` from the orphan list (before freeing it).
+    /// Unlink `ino` from the orphan list (before freeing it). The list is singly linked on disk;
+    /// the predecessor comes from the in-memory back links (O(1)), as the kernel keeps them.
     pub(super) fn orphan_del(&self, ino: Ino, i: &Inode) -> Result<()> {
-        let next = i.dtime;
+        let next = i.dtime as Ino;
+        let prev = {
+            let mut map = self.orphan_prev_map();
+            let prev = map.remove(&ino);
+            if next != 0 {
+                match prev {
+                    Some(p) => map.insert(next, p),
+                    None => map.remove(&next),
+                };
+            }
+            prev
+        };
         let mut live = self.sb_live.lock().unwrap_or_else(|e| e.into_inner());
         if live.last_orphan as Ino == ino {
-            live.last_orphan = next;
+            live.last_orphan = next as u32;
             drop(live);
             return self.write_superblock(false);
         }
-        let mut cur = live.last_orphan as Ino;
+        let head = live.last_orphan as Ino;
         drop(live);
+        if let Some(p) = prev {
+            let mut c = self.read_inode(p)?;
+            if c.dtime as Ino == ino {
+                c.dtime = next as u32;
+                return self.store_inode(p, &c);
+            }
+        }
+        // No back link (a list this mount did not build): walk it.
+        let mut cur = head;
         let mut steps = 0;
         while cur != 0 && steps < self.sb.inodes_count {
             let mut c = self.read_inode(cur)?;
             if c.dtime as Ino == ino {
-                c.dtime = next;
+                c.dtime = next as u32;
+                if next != 0 {
+                    self.orphan_prev_map().insert(next, cur);
+                }
                 return self.store_inode(cur, &c);
             }
             cur = c.dtime as Ino;

@@ -34,6 +34,10 @@ fn kernel_tree(img: &Path) -> BTreeMap<String, String> {
 }
 
 fn new_image(dir: &Path, opts: &[&str]) -> std::path::PathBuf {
+    new_image_sized(dir, opts, "64M")
+}
+
+fn new_image_sized(dir: &Path, opts: &[&str], size: &str) -> std::path::PathBuf {
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
     let img = dir.join(format!(
@@ -42,7 +46,7 @@ fn new_image(dir: &Path, opts: &[&str]) -> std::path::PathBuf {
     ));
     let mut all = vec!["-O", "^has_journal"];
     all.extend_from_slice(opts);
-    mkfs(&src, &img, &all, "64M");
+    mkfs(&src, &img, &all, size);
     img
 }
 
@@ -435,4 +439,91 @@ fn tmpfiles_are_orphans_until_linked_or_forgotten() {
     fs.shutdown().unwrap();
     drop(fs);
     e2fsck_clean(&img);
+}
+
+#[test]
+fn dir_nlink_past_65000_subdirectories() {
+    let t = tempfile::tempdir().unwrap();
+    let img = new_image_sized(
+        t.path(),
+        &["-t", "ext4", "-b", "1024", "-N", "70000"],
+        "200M",
+    );
+    let fs = mount_rw(&img);
+    let big = fs.mkdir(ROOT_INO, b"big", 0o755, &ctx()).unwrap().ino;
+    let n = 65_010u32;
+    for i in 0..n {
+        fs.mkdir(big, format!("d{i}").as_bytes(), 0o755, &ctx())
+            .unwrap_or_else(|e| panic!("mkdir number {i}: {e}"));
+        fs.forget(fs.lookup(big, format!("d{i}").as_bytes()).unwrap().ino, 2);
+        if i == 64_997 {
+            // 2 + 64,998 subdirectories: still counted exactly.
+            assert_eq!(fs.getattr(big).unwrap().nlink, 65_000);
+        }
+    }
+    assert_eq!(
+        fs.getattr(big).unwrap().nlink,
+        1,
+        "past the limit: 1, 'many'"
+    );
+    for i in 0..10 {
+        fs.rmdir(big, format!("d{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(
+        fs.getattr(big).unwrap().nlink,
+        1,
+        "stays 1 while many remain"
+    );
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+    let mnt = kernel_mount(&img, "loop,ro");
+    let md = std::fs::metadata(mnt.join("big")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::nlink(&md), 1);
+    let count = std::fs::read_dir(mnt.join("big")).unwrap().count();
+    kernel_umount(&mnt);
+    assert_eq!(count, (n - 10) as usize);
+}
+
+#[test]
+fn many_open_unlinked_files_are_freed_in_any_order() {
+    let t = tempfile::tempdir().unwrap();
+    let img = new_image(t.path(), &["-t", "ext4"]);
+    let fs = mount_rw(&img);
+    let free_before = fs.statfs().unwrap().ffree;
+    let n = 3000;
+    let mut inos = Vec::new();
+    for i in 0..n {
+        let name = format!("held-{i}");
+        let a = fs
+            .mknod(ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0, &ctx())
+            .unwrap();
+        inos.push(a.ino);
+    }
+    // Unlinked while the client still holds them: all on the orphan list.
+    for i in 0..n {
+        fs.unlink(ROOT_INO, format!("held-{i}").as_bytes()).unwrap();
+    }
+    // Let go of most of them in a scrambled order; the rest is freed at unmount.
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    for k in (1..inos.len()).rev() {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        inos.swap(k, (rng % (k as u64 + 1)) as usize);
+    }
+    for ino in &inos[..n * 5 / 6] {
+        fs.forget(*ino, 1);
+    }
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+    let fs = mount(&img);
+    assert_eq!(fs.statfs().unwrap().ffree, free_before, "every inode freed");
+    let sb = std::fs::read(&img).unwrap();
+    assert_eq!(
+        crate::ondisk::le::u32_at(&sb[1024..2048], 0xE8),
+        0,
+        "the orphan list is empty"
+    );
 }
