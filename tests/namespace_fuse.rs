@@ -160,11 +160,7 @@ fn namespace_workload_matches_the_kernel() {
     // The kernel's result.
     let kdir = work.path().join("k");
     std::fs::create_dir_all(&kdir).unwrap();
-    run(Command::new("mount")
-        .arg("-o")
-        .arg("loop")
-        .arg(&theirs)
-        .arg(&kdir));
+    mount_loop(&theirs, &kdir, "loop");
     workload(&kdir);
     let expect = shape(&kdir);
     run(Command::new("umount").arg(&kdir));

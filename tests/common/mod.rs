@@ -55,6 +55,37 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// Runs a command, panicking with its output when it fails.
+/// Mount `image` at `dir` with the kernel's ext4 through a loop device (`opts` e.g. "loop,ro").
+/// Test threads racing for the same free loop device make mount(8) fail now and then: mounts in
+/// this process are serialized, and a failure is retried a few times before it counts.
+pub fn mount_loop(image: &Path, dir: &Path, opts: &str) {
+    static LOOP_SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let mut last = None;
+    for _ in 0..5 {
+        let out = {
+            let _g = LOOP_SETUP.lock().unwrap_or_else(|e| e.into_inner());
+            run_any(
+                Command::new("mount")
+                    .args(["-t", "ext4", "-o", opts])
+                    .arg(image)
+                    .arg(dir),
+            )
+        };
+        if out.status.success() {
+            return;
+        }
+        last = Some(out);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = last.expect("at least one attempt");
+    panic!(
+        "mount -o {opts} {} {} failed: {}",
+        image.display(),
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd
         .stdin(Stdio::null())
@@ -652,13 +683,7 @@ pub fn make_image(dir: &Path, src: &Path, v: &Variant) -> PathBuf {
         v.mke2fs(&image, size, inodes, None);
         let kmnt = dir.join("kernel-rw");
         fs::create_dir_all(&kmnt).unwrap();
-        run(Command::new("mount")
-            .arg("-t")
-            .arg("ext4")
-            .arg("-o")
-            .arg("loop")
-            .arg(&image)
-            .arg(&kmnt));
+        mount_loop(&image, &kmnt, "loop");
         let copied = run_any(
             Command::new("cp")
                 .arg("-a")
@@ -944,13 +969,7 @@ pub struct KernelMount {
 impl KernelMount {
     pub fn start(image: &Path, dir: &Path) -> KernelMount {
         fs::create_dir_all(dir).unwrap();
-        run(Command::new("mount")
-            .arg("-t")
-            .arg("ext4")
-            .arg("-o")
-            .arg("loop,ro")
-            .arg(image)
-            .arg(dir));
+        mount_loop(image, dir, "loop,ro");
         KernelMount {
             dir: dir.to_path_buf(),
             mounted: true,
