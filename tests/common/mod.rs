@@ -198,6 +198,12 @@ fn check(rc: libc::c_int, what: &str, p: &Path) {
 }
 
 pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    if let Err(e) = try_set_xattr(p, name, value) {
+        panic!("lsetxattr {name} {}: {e}", p.display());
+    }
+}
+
+pub fn try_set_xattr(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let n = CString::new(name).unwrap();
     // SAFETY: valid NUL-terminated strings and a buffer of the given length.
     let rc = unsafe {
@@ -209,7 +215,11 @@ pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
             0,
         )
     };
-    check(rc, &format!("lsetxattr {name}"), p);
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn chown(p: &Path, uid: u32, gid: u32) {
@@ -883,6 +893,14 @@ impl Mount {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the daemon with SIGKILL (a crash: nothing is flushed or committed) and reaps it;
+    /// dropping the `Mount` then detaches the dead mount.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("daemon already reaped");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Unmounts with `umount`, waits for the daemon, and asserts it exited 0 without a panic.

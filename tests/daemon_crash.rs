@@ -1,0 +1,183 @@
+//! The real daemon killed with SIGKILL in the middle of a namespace workload on a journaled
+//! image: whatever was fsynced before the kill must be there after replay — by e2fsck, by the
+//! kernel, and by our next mount — and each replay leaves an image `e2fsck -fn` finds clean.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Names (relative paths) known to exist, and the set that was fsynced last.
+#[derive(Default)]
+struct Progress {
+    made: BTreeSet<String>,
+    synced: BTreeSet<String>,
+    syncs: usize,
+}
+
+/// Creates directories, files, symlinks, hard links and xattrs until an operation fails (the
+/// daemon died); fsyncs a directory every few steps and records what was durable then.
+fn workload(root: &Path, progress: &Mutex<Progress>) {
+    let mut rng = Rng::new(0x5EED);
+    for step in 0.. {
+        let d = format!("dir{}", step / 40);
+        let r: std::io::Result<Vec<String>> = (|| {
+            let dp = root.join(&d);
+            let mut new = Vec::new();
+            if step % 40 == 0 {
+                fs::create_dir(&dp)?;
+                new.push(d.clone());
+            }
+            let f = format!("{d}/file-{step}");
+            fs::File::create(root.join(&f))?;
+            new.push(f.clone());
+            match rng.below(4) {
+                0 => {
+                    let l = format!("{d}/link-{step}");
+                    fs::hard_link(root.join(&f), root.join(&l))?;
+                    new.push(l);
+                }
+                1 => {
+                    let s = format!("{d}/sym-{step}");
+                    std::os::unix::fs::symlink(format!("file-{step}"), root.join(&s))?;
+                    new.push(s);
+                }
+                2 => {
+                    let n = format!("{d}/renamed-{step}");
+                    fs::rename(root.join(&f), root.join(&n))?;
+                    new.retain(|x| *x != f);
+                    new.push(n);
+                }
+                _ => try_set_xattr(&root.join(&f), "user.step", step.to_string().as_bytes())?,
+            }
+            Ok(new)
+        })();
+        let Ok(new) = r else { return };
+        let mut p = progress.lock().unwrap();
+        p.made.extend(new);
+        drop(p);
+        if step % 25 == 24 {
+            // FSYNCDIR: the daemon commits everything so far.
+            let Ok(dir) = fs::File::open(root.join(&d)) else {
+                return;
+            };
+            let made = progress.lock().unwrap().made.clone();
+            if dir.sync_all().is_err() {
+                return;
+            }
+            let mut p = progress.lock().unwrap();
+            p.synced = made;
+            p.syncs += 1;
+        }
+    }
+}
+
+fn names_missing(root: &Path, names: &BTreeSet<String>) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| fs::symlink_metadata(root.join(n)).is_err())
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_killed_daemon_loses_nothing_that_was_fsynced() {
+    require_root_and_tools();
+    for (round, kill_after_ms) in [150u64, 400, 900].into_iter().enumerate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("img");
+        run(Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-b", "4096"])
+            .arg(&img)
+            .arg("64M"));
+        let mnt = tmp.path().join("mnt");
+        let mut m = Mount::start(&img, &mnt, &["--commit-interval", "1"]);
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let worker = {
+            let (root, progress) = (mnt.clone(), progress.clone());
+            std::thread::spawn(move || workload(&root, &progress))
+        };
+        std::thread::sleep(Duration::from_millis(kill_after_ms));
+        m.kill();
+        worker.join().unwrap();
+        drop(m);
+        let p = progress.lock().unwrap();
+        assert!(
+            p.syncs > 0,
+            "round {round}: no fsync finished before the kill ({} names made)",
+            p.made.len()
+        );
+        let image = fs::read(&img).unwrap();
+
+        // e2fsck replays the log; then the file system is clean and holds every synced name.
+        let e = tmp.path().join("e2fsck.img");
+        fs::write(&e, &image).unwrap();
+        let out = run_any(
+            Command::new("e2fsck")
+                .args(["-fy", "-E", "journal_only"])
+                .arg(&e),
+        );
+        assert!(
+            out.status.code().is_some_and(|c| c <= 1),
+            "round {round}: e2fsck replay: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains("recovering journal"),
+            "round {round}: the killed daemon left no log to replay:\n{said}"
+        );
+        assert_fsck_clean(&e);
+        eprintln!(
+            "round {round}: killed after {kill_after_ms} ms: {} names made, {} fsynced ({} fsyncs)",
+            p.made.len(),
+            p.synced.len(),
+            p.syncs
+        );
+        let km = KernelMount::start(&e, &tmp.path().join("k-e2fsck"));
+        let missing = names_missing(&km.dir, &p.synced);
+        km.unmount();
+        assert!(
+            missing.is_empty(),
+            "round {round}: after e2fsck's replay {} of {} synced names are missing, e.g. {:?}",
+            missing.len(),
+            p.synced.len(),
+            &missing[..missing.len().min(5)]
+        );
+
+        // The kernel replays it itself (a read-write mount), then e2fsck agrees.
+        let k = tmp.path().join("kernel.img");
+        fs::write(&k, &image).unwrap();
+        let kdir = tmp.path().join("k-rw");
+        fs::create_dir_all(&kdir).unwrap();
+        mount_loop(&k, &kdir, "loop");
+        let missing = names_missing(&kdir, &p.synced);
+        run(Command::new("umount").arg(&kdir));
+        assert!(
+            missing.is_empty(),
+            "round {round}: kernel replay lost {missing:?}"
+        );
+        assert_fsck_clean(&k);
+
+        // Our next mount replays it, and serves every synced name.
+        let o = tmp.path().join("ours.img");
+        fs::write(&o, &image).unwrap();
+        let om = Mount::start(&o, &tmp.path().join("ours"), &[]);
+        let missing = names_missing(&om.dir, &p.synced);
+        om.unmount();
+        assert!(
+            missing.is_empty(),
+            "round {round}: our replay lost {missing:?}"
+        );
+        assert_fsck_clean(&o);
+    }
+}
