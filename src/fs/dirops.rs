@@ -579,7 +579,3 @@ impl Fs {
         self.find_entry(dir, dinode, b"..")
     }
 }
-
-#[cfg(test)]
-#[path = "dir_bench.rs"]
-mod dir_bench;
