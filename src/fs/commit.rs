@@ -189,6 +189,15 @@ impl Fs {
             );
             return Err(Errno::EIO);
         }
+        if self.home_sb_clean.swap(false, Ordering::AcqRel) {
+            // An unmount (DESTROY) left the home superblock clean and the file system is in use
+            // again (a guest that mounts it anew): the home copy must say needs_recovery before
+            // the log holds anything, or a crash would leave a log nobody replays.
+            let (sb_block, _) = self.superblock_location();
+            if let Some((b, d)) = frozen.blocks.iter().find(|(b, _)| *b == sb_block) {
+                self.write_blocks_and_flush(std::iter::once((*b, d)))?;
+            }
+        }
         if !j.fits(frozen.blocks.len(), &frozen.revoked) {
             self.checkpoint_locked(live)?;
         }
@@ -305,33 +314,49 @@ impl Fs {
             return self.commit_running(free_orphans, true);
         }
         self.commit_running(free_orphans, false)?;
-        let mut live = self.commit_guard();
-        let r = self
-            .checkpoint_locked(&mut live)
-            .and_then(|_| self.superblock_home(true));
-        if let Err(e) = r {
-            self.abort(e);
+        // An operation racing the unmount (a FORGET handled by another worker) may start a new
+        // transaction: commit that too, until the checkpointed log has nothing running beside it.
+        for _ in 0..8 {
+            let mut live = self.commit_guard();
+            let r = self
+                .checkpoint_locked(&mut live)
+                .and_then(|_| self.superblock_home(true));
+            drop(live);
+            match r {
+                Ok(true) => {
+                    self.home_sb_clean.store(true, Ordering::Release);
+                    return Ok(());
+                }
+                Ok(false) => self.commit_running(|| Ok(()), false)?,
+                Err(e) => {
+                    self.abort(e);
+                    return Err(e);
+                }
+            }
         }
-        r
+        log::error!(
+            "unmount: operations kept arriving; the journal stays live and is replayed at the next mount"
+        );
+        Err(Errno::EBUSY)
     }
 
     /// Write the superblock home directly, outside the log, and flush: at a writable mount (the
     /// kernel and e2fsck replay the log only when the home superblock says needs_recovery, so it
     /// must say so before the first commit) and at unmount, after the last checkpoint. Callers
-    /// hold the commit lock or run before any operation; nothing else may be running.
-    pub(super) fn superblock_home(&self, clean: bool) -> Result<()> {
+    /// hold the commit lock or run before any operation. The superblock must go home alone:
+    /// when a transaction is running, nothing is written and the answer is `false`.
+    pub(super) fn superblock_home(&self, clean: bool) -> Result<bool> {
         let frozen = {
             let _g = self.ns.write().unwrap_or_else(|e| e.into_inner());
             if self.cache.running_len() != 0 {
-                log::error!("internal error: the superblock must go home alone");
-                return Err(Errno::EIO);
+                return Ok(false);
             }
             self.write_superblock(clean)?;
             self.cache.freeze()
         };
         self.write_home_unjournaled(&frozen)?;
         self.cache.checkpointed(&frozen);
-        Ok(())
+        Ok(true)
     }
 
     /// Write a transaction home without logging it (the log is empty, nothing else changes).

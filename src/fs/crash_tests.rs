@@ -567,3 +567,36 @@ fn revoked_blocks_are_not_replayed_over_their_new_contents() {
         );
     }
 }
+
+#[test]
+fn use_after_an_unmount_is_journaled_and_replayed() {
+    // A virtiofs guest unmounts (DESTROY: the image is left clean), mounts again and changes
+    // things; the daemon then dies. The home superblock must say needs_recovery again, so e2fsck
+    // and the kernel replay what was synced after the remount.
+    let t = tempfile::tempdir().unwrap();
+    let (_, base) = empty_image(t.path(), &["-t", "ext4", "-b", "4096"]);
+    let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));
+    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    fs.mkdir(ROOT_INO, b"first", 0o755, &ctx()).unwrap();
+    fs.shutdown().unwrap();
+    fs.mkdir(ROOT_INO, b"second", 0o755, &ctx()).unwrap();
+    fs.sync().unwrap();
+    let mut image = base;
+    replay(&mut image, &dev.events(), usize::MAX);
+    drop(fs);
+    assert!(
+        needs_replay(&image),
+        "the home superblock must say needs_recovery"
+    );
+    let e = t.path().join("e2fsck.img");
+    std::fs::write(&e, &image).unwrap();
+    assert!(e2fsck_journal_only(&e));
+    e2fsck_clean(&e);
+    let fs = mount(&e);
+    assert!(exists(&fs, "first") && exists(&fs, "second"));
+    let k = t.path().join("kernel.img");
+    std::fs::write(&k, &image).unwrap();
+    kernel_replay(&k);
+    e2fsck_clean(&k);
+    assert!(exists(&mount(&k), "second"));
+}

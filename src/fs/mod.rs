@@ -72,6 +72,9 @@ pub struct Fs {
     /// Serializes commits and checkpoints; holds the committed transactions whose blocks are
     /// not home yet (oldest first). Taken before `ns`, never while holding it.
     commit_lock: Mutex<Vec<crate::cache::Frozen>>,
+    /// The home superblock says "clean" (an unmount finished): the next commit first writes it
+    /// home with needs_recovery again.
+    home_sb_clean: std::sync::atomic::AtomicBool,
     /// Wakes the commit thread early (a transaction filled up).
     commit_kick: Arc<commit::CommitKick>,
 }

@@ -100,6 +100,7 @@ impl Fs {
             sb_live: Mutex::new(super::SbLive::new(&sb)),
             journal: None,
             commit_lock: Mutex::new(Vec::new()),
+            home_sb_clean: std::sync::atomic::AtomicBool::new(false),
             commit_kick: Default::default(),
             sb,
         };
@@ -112,8 +113,12 @@ impl Fs {
         fs.open_journal(wants_write && !fs.read_only)?;
         if !fs.read_only {
             // Not clean while mounted writable: a crash leaves e2fsck something to check.
-            fs.superblock_home(false)
+            let home = fs
+                .superblock_home(false)
                 .map_err(|e| format!("cannot update the superblock: {e}"))?;
+            if !home {
+                return Err("internal error: metadata changed before the mount finished".into());
+            }
             fs.process_orphans()
                 .map_err(|e| format!("cannot clean up orphan inodes: {e}"))?;
             fs.sync()
