@@ -64,6 +64,16 @@ impl Run {
     }
 }
 
+/// Past the last block a block map can address: one hole to the end of the address space (a
+/// corrupt, huge `i_size` must not make callers step through it block by block).
+fn beyond_map(lblk: u64) -> Mapping {
+    Mapping {
+        lblk,
+        len: (u64::MAX - lblk).max(1),
+        target: Target::Hole,
+    }
+}
+
 /// The cache key of an inode's block map (see `extent::status`).
 fn map_root(inode: &Inode) -> MapRoot {
     MapRoot {
@@ -79,11 +89,7 @@ impl Fs {
     /// extent tree or indirect map, recording the run found. Both give the same answer.
     pub(super) fn map_block(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Mapping> {
         if lblk >= MAX_LBLK {
-            return Ok(Mapping {
-                lblk,
-                len: 1,
-                target: Target::Hole,
-            });
+            return Ok(beyond_map(lblk));
         }
         let root = map_root(inode);
         let m = match self.es.lookup_mapping(ino, &root, lblk) {
@@ -121,11 +127,7 @@ impl Fs {
     #[cfg(test)]
     pub(super) fn map_block_uncached(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Mapping> {
         if lblk >= MAX_LBLK {
-            return Ok(Mapping {
-                lblk,
-                len: 1,
-                target: Target::Hole,
-            });
+            return Ok(beyond_map(lblk));
         }
         let (m, _) = self.walk_map(ino, inode, lblk)?;
         self.check_mapping(ino, lblk, m)
@@ -284,12 +286,7 @@ impl Fs {
         } else {
             let r = lblk - 12 - apb - apb * apb;
             if r >= apb * apb * apb {
-                let m = Mapping {
-                    lblk,
-                    len: 1,
-                    target: Target::Hole,
-                };
-                return Ok((m, None));
+                return Ok((beyond_map(lblk), None));
             }
             vec![14, r / (apb * apb), (r / apb) % apb, r % apb]
         };

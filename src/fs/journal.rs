@@ -12,6 +12,12 @@ impl Fs {
         let inode = self.read_inode(jino)?;
         let bs = self.block_size as u64;
         let nblocks = inode.size / bs;
+        if nblocks > self.sb.blocks_count {
+            return Err(crate::corrupt!(
+                "journal inode {jino}: size {} is larger than the file system",
+                inode.size
+            ));
+        }
         let mut map = Vec::with_capacity(nblocks as usize);
         let mut l = 0u64;
         while l < nblocks {
