@@ -20,29 +20,15 @@ fn pattern_range(start: u64, len: u64) -> Vec<u8> {
 
 /// The tree under the kernel's read-only mount: path → kind ("d", "f:<nlink>:<size>", "l:<target>").
 fn kernel_tree(mnt: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![mnt.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(mnt).unwrap().to_string_lossy().to_string();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let kind = if md.is_dir() {
-                stack.push(p.clone());
-                "d".to_string()
-            } else if md.file_type().is_symlink() {
-                format!("l:{}", std::fs::read_link(&p).unwrap().to_string_lossy())
-            } else {
-                format!(
-                    "f:{}:{}",
-                    std::os::unix::fs::MetadataExt::nlink(&md),
-                    md.len()
-                )
-            };
-            out.insert(rel, kind);
-        }
-    }
-    out
+    walk_tree(mnt, |p, _, md| {
+        Some(kind_of(p, md, || {
+            format!(
+                "f:{}:{}",
+                std::os::unix::fs::MetadataExt::nlink(md),
+                md.len()
+            )
+        }))
+    })
 }
 
 fn make_image(dir: &Path, tag: &str, opts: &[&str], size: &str) -> PathBuf {

@@ -97,30 +97,21 @@ fn describe(data: &[u8]) -> String {
 /// every directory's ".." is its parent.
 fn kernel_tree(img: &Path) -> BTreeMap<String, String> {
     let mnt = kernel_mount(img, "loop,ro");
-    let mut out = BTreeMap::new();
-    let mut stack = vec![mnt.clone()];
-    while let Some(d) = stack.pop() {
-        let dino = std::fs::metadata(&d).unwrap().ino();
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(&mnt).unwrap().to_string_lossy().to_string();
-            if rel == "lost+found" {
-                continue;
-            }
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            if md.is_dir() {
-                assert_eq!(
-                    std::fs::metadata(p.join("..")).unwrap().ino(),
-                    dino,
-                    "kernel: {rel}/.. is not its parent"
-                );
-                stack.push(p.clone());
-                out.insert(rel, "d".to_string());
-            } else {
-                out.insert(rel, describe(&std::fs::read(&p).unwrap()));
-            }
+    let out = walk_tree(&mnt, |p, rel, md| {
+        if rel == "lost+found" || rel.starts_with("lost+found/") {
+            return None;
         }
-    }
+        if md.is_dir() {
+            let parent = p.parent().unwrap();
+            assert_eq!(
+                std::fs::metadata(p.join("..")).unwrap().ino(),
+                std::fs::metadata(parent).unwrap().ino(),
+                "kernel: {rel}/.. is not its parent"
+            );
+            return Some("d".to_string());
+        }
+        Some(describe(&std::fs::read(p).unwrap()))
+    });
     kernel_umount(&mnt);
     out
 }

@@ -136,3 +136,38 @@ pub(super) fn kernel_umount(mnt: &Path) {
     }
     panic!("umount {} keeps failing", mnt.display());
 }
+
+/// Every path under `root` (a kernel mount), relative to it, with what `describe` says of it;
+/// directories are walked into. `describe` returns `None` to leave a path out.
+pub(super) fn walk_tree(
+    root: &Path,
+    mut describe: impl FnMut(&Path, &str, &std::fs::Metadata) -> Option<String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p.clone());
+            }
+            if let Some(k) = describe(&p, &rel, &md) {
+                out.insert(rel, k);
+            }
+        }
+    }
+    out
+}
+
+/// "d", "l:<target>", or `file` for anything else: the usual kinds in a tree comparison.
+pub(super) fn kind_of(p: &Path, md: &std::fs::Metadata, file: impl FnOnce() -> String) -> String {
+    if md.is_dir() {
+        "d".to_string()
+    } else if md.file_type().is_symlink() {
+        format!("l:{}", std::fs::read_link(p).unwrap().to_string_lossy())
+    } else {
+        file()
+    }
+}

@@ -10,25 +10,11 @@ use std::path::Path;
 /// The tree as the kernel sees it: path → (kind, link target).
 fn kernel_tree(img: &Path) -> BTreeMap<String, String> {
     let mnt = kernel_mount(img, "loop,ro");
-    let mut out = BTreeMap::new();
-    let mut stack = vec![mnt.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let rel = p.strip_prefix(&mnt).unwrap().to_string_lossy().to_string();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let kind = if md.is_dir() {
-                stack.push(p.clone());
-                "d".to_string()
-            } else if md.file_type().is_symlink() {
-                format!("l:{}", std::fs::read_link(&p).unwrap().to_string_lossy())
-            } else {
-                format!("f:{}", std::os::unix::fs::MetadataExt::nlink(&md))
-            };
-            out.insert(rel, kind);
-        }
-    }
+    let out = walk_tree(&mnt, |p, _, md| {
+        Some(kind_of(p, md, || {
+            format!("f:{}", std::os::unix::fs::MetadataExt::nlink(md))
+        }))
+    });
     kernel_umount(&mnt);
     out
 }
@@ -397,7 +383,9 @@ fn filling_the_blocks_gives_enospc_and_stays_clean() {
     let made_n = made.len();
     assert_eq!(err, Errno::ENOSPC);
     assert!(made_n > 100, "only {made_n} symlinks fit");
-    assert_eq!(fs.statfs().unwrap().bfree, 0);
+    // Full: at most one block is left, when the failing symlink also needed a directory split
+    // (whether it does depends on the image's random hash seed).
+    assert!(fs.statfs().unwrap().bfree <= 1);
     // The failed symlink left nothing behind; removing some frees room again.
     for (i, ino) in made.iter().enumerate().take(10) {
         fs.unlink(ROOT_INO, format!("s{i}").as_bytes()).unwrap();
