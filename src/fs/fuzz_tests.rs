@@ -171,7 +171,16 @@ fn build_base(dir: &Path, name: &str, opts: &[&str], bs: usize, size: &str) -> B
     let inline = opts.iter().any(|o| o.contains("inline_data"));
     let paths = make_tree(&src, bs, inline);
     let img = dir.join(format!("img-{name}"));
-    mkfs(&src, &img, opts, size);
+    // A fixed UUID and directory hash seed: the same seed damages the same image layout on every
+    // machine, so a failure reproduces.
+    let mut all = opts.to_vec();
+    all.extend([
+        "-U",
+        "4a1d2c3b-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
+        "-E",
+        "hash_seed=9b8a7c6d-5e4f-4321-8fed-cba987654321",
+    ]);
+    mkfs(&src, &img, &all, size);
     // Extended attributes big enough to need an xattr block, on a file and a directory.
     let big = "v".repeat(bs / 3);
     debugfs_w(
