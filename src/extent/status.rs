@@ -226,13 +226,30 @@ impl StatusTree {
         Some(e)
     }
 
+    /// Range `e` (which started at `s`) was taken out: put back its part from `end` on, if it
+    /// reaches past `end`, as an ordinary range. True when there was such a part.
+    fn keep_tail(&mut self, s: u64, e: Entry, end: u64) -> bool {
+        let eend = s + e.len;
+        if eend <= end {
+            return false;
+        }
+        self.put(
+            end,
+            Entry {
+                len: eend - end,
+                status: e.status.advance(end - s),
+                on_disk: false,
+            },
+        );
+        true
+    }
+
     /// Empty `[start, end)`, keeping the parts of ranges outside it (as ordinary ranges).
     fn cut(&mut self, start: u64, end: u64) {
         let mut pieces: [Option<u64>; 2] = [None, None];
         if let Some((&s, &e)) = self.map.range(..start).next_back()
             && s + e.len > start
         {
-            let eend = s + e.len;
             self.take(s);
             self.put(
                 s,
@@ -243,30 +260,13 @@ impl StatusTree {
                 },
             );
             pieces[0] = Some(s);
-            if eend > end {
-                self.put(
-                    end,
-                    Entry {
-                        len: eend - end,
-                        status: e.status.advance(end - s),
-                        on_disk: false,
-                    },
-                );
+            if self.keep_tail(s, e, end) {
                 pieces[1] = Some(end);
             }
         }
         while let Some((&s, _)) = self.map.range(start..end).next() {
             let Some(e) = self.take(s) else { break };
-            let eend = s + e.len;
-            if eend > end {
-                self.put(
-                    end,
-                    Entry {
-                        len: eend - end,
-                        status: e.status.advance(end - s),
-                        on_disk: false,
-                    },
-                );
+            if self.keep_tail(s, e, end) {
                 pieces[1] = Some(end);
             }
         }

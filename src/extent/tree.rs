@@ -102,6 +102,28 @@ fn decode(b: &[u8], block: Option<u64>, what: &str) -> Result<Mem> {
 }
 
 /// An inode's extent tree, edited in place through its `i_block` root.
+/// A path whose shape the tree code itself built is not what it should be: an internal error,
+/// reported like corruption (never a panic).
+fn broken(owner: u64, what: &str) -> crate::errno::Errno {
+    crate::corrupt!("inode {owner}: extent tree path: unexpected {what}")
+}
+
+/// The entries of the leaf a lookup path ends in.
+fn leaf_entries(path: &mut [(Mem, usize)], owner: u64) -> Result<&mut Vec<Extent>> {
+    match path.last_mut().map(|(m, _)| &mut m.e) {
+        Some(Entries::Leaf(v)) => Ok(v),
+        _ => Err(broken(owner, "end (not a leaf)")),
+    }
+}
+
+/// The entries of an index node on a lookup path.
+fn index_entries(node: &mut Mem, owner: u64) -> Result<&mut Vec<ExtentIndex>> {
+    match &mut node.e {
+        Entries::Index(v) => Ok(v),
+        Entries::Leaf(_) => Err(broken(owner, "leaf above another node")),
+    }
+}
+
 pub struct ExtentTree<'a> {
     root: &'a mut [u8; I_BLOCK_LEN],
     io: &'a dyn ExtentIo,
@@ -293,10 +315,8 @@ impl<'a> ExtentTree<'a> {
 
     fn insert_one(&mut self, ext: Extent) -> Result<()> {
         let mut path = self.path(ext.lblk)?;
-        let (leaf, _) = path.last_mut().expect("path always ends in a leaf");
-        let Entries::Leaf(v) = &mut leaf.e else {
-            unreachable!("path ends in a leaf")
-        };
+        let owner = self.owner;
+        let v = leaf_entries(&mut path, owner)?;
         let pos = v.partition_point(|x| x.lblk < ext.lblk);
         if let Some(next) = v.get(pos)
             && (ext.lblk as u64 + ext.len as u64) > next.lblk as u64
@@ -336,10 +356,8 @@ impl<'a> ExtentTree<'a> {
         let mut cursor = start as u64;
         while cursor < end {
             let mut path = self.path(cursor as u32)?;
-            let (leaf, _) = path.last_mut().expect("path always ends in a leaf");
-            let Entries::Leaf(v) = &mut leaf.e else {
-                unreachable!("path ends in a leaf")
-            };
+            let owner = self.owner;
+            let v = leaf_entries(&mut path, owner)?;
             let mut i = v.partition_point(|x| (x.lblk as u64 + x.len as u64) <= cursor);
             let mut changed = false;
             let mut split_tail: Option<Extent> = None;
@@ -422,28 +440,26 @@ impl<'a> ExtentTree<'a> {
                 self.store(&path[level].0)?;
                 self.store(&right)?;
                 let key = right.first_key().unwrap_or(0);
-                let child = right.block.expect("split nodes are blocks");
+                let child = right
+                    .block
+                    .ok_or_else(|| broken(self.owner, "split node"))?;
                 let (parent, slot) = &mut path[level - 1];
-                let Entries::Index(pv) = &mut parent.e else {
-                    unreachable!("parents are index nodes")
-                };
+                let pv = index_entries(parent, self.owner)?;
                 pv.insert(*slot + 1, ExtentIndex { lblk: key, child });
             } else if node.len() == 0 && !is_root {
-                let b = node.block.expect("non-root nodes are blocks");
+                let b = node
+                    .block
+                    .ok_or_else(|| broken(self.owner, "non-root node"))?;
                 self.io.free_node(b)?;
                 let (parent, slot) = &mut path[level - 1];
-                let Entries::Index(pv) = &mut parent.e else {
-                    unreachable!("parents are index nodes")
-                };
+                let pv = index_entries(parent, self.owner)?;
                 pv.remove(*slot);
             } else {
                 self.store(&path[level].0)?;
                 if level > 0 {
                     let key = path[level].0.first_key();
                     let (parent, slot) = &mut path[level - 1];
-                    let Entries::Index(pv) = &mut parent.e else {
-                        unreachable!("parents are index nodes")
-                    };
+                    let pv = index_entries(parent, self.owner)?;
                     if let Some(k) = key {
                         pv[*slot].lblk = k;
                     }

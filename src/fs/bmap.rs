@@ -74,6 +74,23 @@ fn beyond_map(lblk: u64) -> Mapping {
     }
 }
 
+/// `lblk` lies in the hole `[start, end)`: the mapping from `lblk` on, and the whole hole as a
+/// run to cache.
+fn hole_run(lblk: u64, start: u64, end: u64) -> (Mapping, Option<Run>) {
+    (
+        Mapping {
+            lblk,
+            len: end.saturating_sub(lblk).max(1),
+            target: Target::Hole,
+        },
+        Some(Run {
+            start,
+            len: end.saturating_sub(start),
+            target: Target::Hole,
+        }),
+    )
+}
+
 /// The cache key of an inode's block map (see `extent::status`).
 fn map_root(inode: &Inode) -> MapRoot {
     MapRoot {
@@ -188,18 +205,7 @@ impl Fs {
                     let pos = idx.partition_point(|x| (x.lblk as u64) <= lblk);
                     if pos == 0 {
                         let end = idx.first().map_or(bound, |x| x.lblk as u64).min(bound);
-                        return Ok((
-                            Mapping {
-                                lblk,
-                                len: end.saturating_sub(lblk).max(1),
-                                target: Target::Hole,
-                            },
-                            Some(Run {
-                                start: lower,
-                                len: end.saturating_sub(lower),
-                                target: Target::Hole,
-                            }),
-                        ));
+                        return Ok(hole_run(lblk, lower, end));
                     }
                     if let Some(next) = idx.get(pos) {
                         bound = bound.min(next.lblk as u64);
@@ -256,18 +262,7 @@ impl Fs {
                         hole_start = hole_start.max(end);
                     }
                     let end = exts.get(pos).map_or(bound, |e| e.lblk as u64).min(bound);
-                    return Ok((
-                        Mapping {
-                            lblk,
-                            len: end.saturating_sub(lblk).max(1),
-                            target: Target::Hole,
-                        },
-                        Some(Run {
-                            start: hole_start,
-                            len: end.saturating_sub(hole_start),
-                            target: Target::Hole,
-                        }),
-                    ));
+                    return Ok(hole_run(lblk, hole_start, end));
                 }
             }
         }
@@ -305,18 +300,8 @@ impl Fs {
                 let below = (depth - level) as u32;
                 let span = apb.pow(below);
                 let pos_in_span = lblk_offset_in_span(lblk, apb, &path, level, last as u64);
-                return Ok((
-                    Mapping {
-                        lblk,
-                        len: span - pos_in_span,
-                        target: Target::Hole,
-                    },
-                    Some(Run {
-                        start: lblk - pos_in_span,
-                        len: span,
-                        target: Target::Hole,
-                    }),
-                ));
+                let start = lblk - pos_in_span;
+                return Ok(hole_run(lblk, start, start + span));
             }
             if ptr >= self.sb.blocks_count || ptr < self.sb.first_data_block as u64 {
                 return Err(crate::corrupt!(
@@ -347,18 +332,7 @@ impl Fs {
             while b > 0 && word(b - 1) == 0 {
                 b -= 1;
             }
-            return Ok((
-                Mapping {
-                    lblk,
-                    len: n as u64,
-                    target: Target::Hole,
-                },
-                Some(Run {
-                    start: base + b as u64,
-                    len: (last + n - b) as u64,
-                    target: Target::Hole,
-                }),
-            ));
+            return Ok(hole_run(lblk, base + b as u64, lblk + n as u64));
         }
         while last + n < words && word(last + n) == first + n as u64 {
             n += 1;

@@ -241,8 +241,10 @@ impl Fs {
         let mut spill = Vec::new();
         for e in rest.drain(..) {
             body.push(e);
-            if xa::build_ibody(&body, region_len).is_err() {
-                spill.push(body.pop().expect("just pushed"));
+            if xa::build_ibody(&body, region_len).is_err()
+                && let Some(e) = body.pop()
+            {
+                spill.push(e);
             }
         }
         let region = xa::build_ibody(&body, region_len).map_err(|_| Errno::ENOSPC)?;
