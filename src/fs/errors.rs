@@ -209,5 +209,6 @@ mod tests {
         fs.shutdown().unwrap();
         drop(fs);
         assert_eq!(superblock_state_and_errors(&img), (1, 0));
+        repaired_clean(&img);
     }
 }
