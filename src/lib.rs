@@ -11,6 +11,7 @@ pub mod fs;
 pub mod fuse;
 pub mod journal;
 pub mod ondisk;
+pub mod pagecache;
 #[cfg(test)]
 mod test_support;
 pub mod vhost;

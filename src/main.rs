@@ -58,6 +58,9 @@ enum Command {
         /// Request worker threads (default: CPUs; 0 serves requests in the queue threads).
         #[arg(long)]
         thread_pool_size: Option<usize>,
+        /// Page cache size (file data held in memory), e.g. 512M or 4G.
+        #[arg(long, default_value = "512M", value_parser = vhost_ext4::pagecache::parse_size)]
+        cache_size: u64,
     },
     /// Export IMAGE to a VM as a vhost-user-blk device (the guest runs its own ext4).
     Blk {
@@ -85,6 +88,9 @@ enum Command {
         /// Seconds between commits of changed metadata.
         #[arg(long, default_value_t = 5)]
         commit_interval: u64,
+        /// Page cache size (file data held in memory), e.g. 512M or 4G.
+        #[arg(long, default_value = "512M", value_parser = vhost_ext4::pagecache::parse_size)]
+        cache_size: u64,
         /// Log filter: error, warn, info, debug, trace (or an env_logger filter string).
         #[arg(long, default_value = "warn")]
         log_level: String,
@@ -181,17 +187,20 @@ fn run_mount(
     read_only: bool,
     threads: Option<usize>,
     commit_interval: u64,
+    cache_size: u64,
 ) -> Result<(), String> {
     // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
     let sigset = block_signals();
     let dev = FileDevice::open(image, read_only).map_err(|e| sentence(&e.to_string()))?;
-    let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only })
+    let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, cache_size)
         .map_err(|e| format!("cannot mount image {}: {}", image.display(), sentence(&e)))?;
     let fs = Arc::new(fs);
     let ro = fs.is_read_only();
     if !ro {
         Fs::start_commit_thread(&fs, std::time::Duration::from_secs(commit_interval.max(1)))
             .map_err(|e| format!("cannot start the commit thread: {e}"))?;
+        Fs::start_flusher_thread(&fs)
+            .map_err(|e| format!("cannot start the flusher thread: {e}"))?;
     }
 
     // We hold the image exclusively and every change comes through this mount: the kernel may
@@ -224,6 +233,7 @@ fn main() -> ExitCode {
             backend: b,
             tag,
             thread_pool_size,
+            cache_size,
         } => {
             init_logging(&b.log_level);
             vhost_ext4::vhost::run_fs(vhost_ext4::vhost::FsArgs {
@@ -235,6 +245,7 @@ fn main() -> ExitCode {
                 readonly: b.readonly,
                 print_capabilities: b.print_capabilities,
                 queues: b.queues,
+                cache_size,
             })
         }
         Command::Blk {
@@ -260,10 +271,18 @@ fn main() -> ExitCode {
             read_only,
             threads,
             commit_interval,
+            cache_size,
             log_level,
         } => {
             init_logging(&log_level);
-            run_mount(&image, &mountpoint, read_only, threads, commit_interval)
+            run_mount(
+                &image,
+                &mountpoint,
+                read_only,
+                threads,
+                commit_interval,
+                cache_size,
+            )
         }
     };
     match result {

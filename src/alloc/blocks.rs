@@ -65,7 +65,69 @@ impl Allocator {
 
     /// Allocate up to `want` contiguous blocks, as close after `goal` as possible.
     /// Returns (first block, count); `count` may be less than `want`.
+    /// Blocks reserved by delayed allocation stay free for it: ENOSPC when only they are left.
     pub fn alloc_blocks(&self, io: &dyn MetaIo, goal: u64, want: u32) -> Result<(u64, u32)> {
+        let room = self.unreserved_free();
+        if room == 0 {
+            return Err(Errno::ENOSPC);
+        }
+        self.alloc_run(io, goal, want.min(room.min(u32::MAX as u64) as u32), false)
+    }
+
+    /// Like [`Allocator::alloc_blocks`], for file data: blocks freed by a transaction that has
+    /// not committed yet are skipped (see `busy`). ENOSPC may mean only busy blocks are left: a
+    /// commit frees them. `reserved` blocks of the request were reserved by delayed allocation
+    /// (the caller releases what it gets of them); the rest must come from unreserved space.
+    pub fn alloc_data_blocks(
+        &self,
+        io: &dyn MetaIo,
+        goal: u64,
+        want: u32,
+        reserved: u32,
+    ) -> Result<(u64, u32)> {
+        let room = self.unreserved_free() + reserved as u64;
+        if room == 0 {
+            return Err(Errno::ENOSPC);
+        }
+        self.alloc_run(io, goal, want.min(room.min(u32::MAX as u64) as u32), true)
+    }
+
+    /// In group `g` (first block `first`), the first free run at or after bit `from` (below
+    /// `end`) that avoids busy blocks when `avoid_busy`, up to `want` long.
+    fn free_run(
+        &self,
+        bits: &[u8],
+        first: u64,
+        from: usize,
+        end: usize,
+        want: usize,
+        avoid_busy: bool,
+    ) -> Option<(usize, usize)> {
+        let busy = avoid_busy.then(|| self.busy());
+        let mut from = from;
+        while let Some(z) = bitmap::find_zero(bits, from, end) {
+            let mut run = bitmap::zero_run(bits, z, end, want);
+            if let Some(b) = &busy
+                && let Some((bs, be)) = b.first_overlap(first + z as u64, first + (z + run) as u64)
+            {
+                if bs <= first + z as u64 {
+                    from = (be - first) as usize;
+                    continue;
+                }
+                run = (bs - first) as usize - z;
+            }
+            return Some((z, run));
+        }
+        None
+    }
+
+    fn alloc_run(
+        &self,
+        io: &dyn MetaIo,
+        goal: u64,
+        want: u32,
+        avoid_busy: bool,
+    ) -> Result<(u64, u32)> {
         let want = want.max(1);
         let ngroups = self.group_count();
         let goal = goal.clamp(self.geo.first_data_block, self.geo.blocks_count - 1);
@@ -87,11 +149,13 @@ impl Allocator {
                 } else {
                     0
                 };
+                let first = self.geo.group_first_block(g);
                 let mut found = None;
                 let mut from = start;
                 // Prefer a free run of the full length; fall back to the first free block.
-                while let Some(z) = bitmap::find_zero(&bits, from, end) {
-                    let run = bitmap::zero_run(&bits, z, end, want as usize);
+                while let Some((z, run)) =
+                    self.free_run(&bits, first, from, end, want as usize, avoid_busy)
+                {
                     if found.is_none() {
                         found = Some((z, run));
                     }
@@ -102,8 +166,15 @@ impl Allocator {
                     from = z + run;
                 }
                 if found.is_none() && start > 0 {
-                    found = bitmap::find_zero(&bits, 0, start)
-                        .map(|z| (z, bitmap::zero_run(&bits, z, end, want as usize)));
+                    found = self
+                        .free_run(&bits, first, 0, start, want as usize, avoid_busy)
+                        .map(|(z, _)| {
+                            let run = bitmap::zero_run(&bits, z, end, want as usize);
+                            let busy_end = self
+                                .free_run(&bits, first, z, end, want as usize, avoid_busy)
+                                .map_or(run, |(_, r)| r);
+                            (z, run.min(busy_end))
+                        });
                 }
                 let Some((z, run)) = found else { continue };
                 for b in z..z + run {
@@ -141,6 +212,7 @@ impl Allocator {
                 bitmap::clear(&mut bits, i);
             }
             gd.free_blocks_count += (stop - b) as u32;
+            self.busy().add(b, stop - b);
             self.store_block_bitmap(io, &mut gd, bits);
             self.store_group(io, g, gd)?;
             b = stop;

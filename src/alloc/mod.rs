@@ -7,7 +7,9 @@
 
 mod bitmap;
 mod blocks;
+pub mod busy;
 mod inodes;
+mod reserve;
 
 use crate::errno::Result;
 use crate::ondisk::csum::crc32c_raw;
@@ -109,6 +111,10 @@ pub struct Allocator {
     /// Blocks reserved at fixed places (superblock backups, GDT, reserved GDT) per group: used to
     /// initialize BLOCK_UNINIT bitmaps.
     fixed: Vec<u32>,
+    /// Blocks freed by transactions not yet committed: data allocations avoid them.
+    busy: Mutex<busy::Busy>,
+    /// Blocks reserved by delayed allocation (see `reserve`).
+    reserved: std::sync::atomic::AtomicU64,
 }
 
 impl Allocator {
@@ -125,6 +131,8 @@ impl Allocator {
             groups: Mutex::new(groups),
             locations,
             fixed,
+            busy: Mutex::new(busy::Busy::default()),
+            reserved: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -148,6 +156,26 @@ impl Allocator {
             g.iter().map(|d| d.free_blocks_count as u64).sum(),
             g.iter().map(|d| d.free_inodes_count as u64).sum(),
         )
+    }
+
+    fn busy(&self) -> MutexGuard<'_, busy::Busy> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The running transaction was frozen for commit: its freed blocks stay busy until
+    /// [`Allocator::busy_committed`].
+    pub fn busy_freeze(&self) {
+        self.busy().freeze();
+    }
+
+    /// Every frozen transaction is durable: blocks they freed may take data again.
+    pub fn busy_committed(&self) {
+        self.busy().committed();
+    }
+
+    /// Blocks freed by transactions not committed yet.
+    pub fn busy_blocks(&self) -> u64 {
+        self.busy().blocks()
     }
 
     /// Directories counted over all groups.

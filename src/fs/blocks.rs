@@ -88,7 +88,15 @@ impl Fs {
         if inode.raw.len() == isz && isz > ibody {
             raw[ibody..].copy_from_slice(&inode.raw[ibody..]);
         }
-        inode.write_into(raw);
+        match self.incore_disksize(ino) {
+            // The on-disk size is i_disksize (it moves at I/O completion), not i_size.
+            Some(disksize) if inode.is_reg() && disksize != inode.size => {
+                let mut on_disk = inode.clone();
+                on_disk.size = disksize;
+                on_disk.write_into(raw);
+            }
+            _ => inode.write_into(raw),
+        }
         if self.sb.has_metadata_csum() {
             inode::set_inode_checksum(self.inode_seed(ino, inode), raw);
         }
@@ -96,7 +104,7 @@ impl Fs {
         Ok(())
     }
 
-    fn adjust_blocks(&self, inode: &mut Inode, blocks: i64) {
+    pub(super) fn adjust_blocks(&self, inode: &mut Inode, blocks: i64) {
         let per = (self.block_size / 512) as i64;
         inode.blocks_raw = (inode.blocks_raw as i64 + blocks * per).max(0) as u64;
     }

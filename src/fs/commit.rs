@@ -166,11 +166,14 @@ impl Fs {
                 return Ok(());
             }
             self.write_superblock(clean)?;
+            self.alloc.busy_freeze();
             self.cache.freeze()
         };
         let r = self.log_transaction(&mut live, frozen);
-        if let Err(e) = r {
-            self.abort(e);
+        match r {
+            // The commit block is durable: blocks the transaction freed may take data now.
+            Ok(()) => self.alloc.busy_committed(),
+            Err(e) => self.abort(e),
         }
         r
     }
@@ -296,6 +299,9 @@ impl Fs {
         if self.aborted.load(Ordering::Acquire) {
             return Err(Errno::EIO);
         }
+        // File data first: everything dirty goes home and converts before the last commits.
+        self.data_shutdown()?;
+        self.reap_deferred();
         let pending: Vec<Ino> = self
             .orphans
             .lock()

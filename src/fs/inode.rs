@@ -40,7 +40,7 @@ impl Fs {
                 ));
             }
         }
-        let inode = Inode::parse(raw).map_err(|e| crate::corrupt!("inode {ino}: {e}"))?;
+        let mut inode = Inode::parse(raw).map_err(|e| crate::corrupt!("inode {ino}: {e}"))?;
         if inode.links_count == 0 && inode.mode == 0 {
             return Err(crate::corrupt!("inode {ino} is not in use"));
         }
@@ -50,6 +50,12 @@ impl Fs {
             return Err(crate::corrupt!(
                 "inode {ino} has encryption/casefold flags on a file system without them"
             ));
+        }
+        // Users see i_size; the disk holds i_disksize until writeback completes.
+        if inode.is_reg()
+            && let Some(size) = self.incore_size(ino)
+        {
+            inode.size = size;
         }
         Ok(inode)
     }
@@ -69,6 +75,10 @@ impl Fs {
             // As the kernel does for regular files: report the inline bytes so tools do not think
             // the file is sparse.
             blocks += i.size.div_ceil(512);
+        }
+        if i.is_reg() {
+            // Delayed blocks count as the kernel counts them: the data is the file's already.
+            blocks += self.es.delayed_blocks(ino) * (self.block_size as u64 / 512);
         }
         let ft = i.file_type();
         Attr {

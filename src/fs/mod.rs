@@ -8,6 +8,7 @@
 mod blocks;
 mod bmap;
 mod commit;
+mod data;
 mod dir;
 mod dirops;
 mod errors;
@@ -23,6 +24,10 @@ mod orphan;
 mod types;
 mod xattr;
 
+pub use data::{
+    FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE, KILL_SUIDGID,
+};
 pub use types::*;
 
 use crate::alloc::{Allocator, MetaIo};
@@ -77,6 +82,8 @@ pub struct Fs {
     home_sb_clean: std::sync::atomic::AtomicBool,
     /// Wakes the commit thread early (a transaction filled up).
     commit_kick: Arc<commit::CommitKick>,
+    /// File data: the page cache, the in-core inode table, delalloc (see `data`).
+    data: data::DataState,
 }
 
 impl Fs {

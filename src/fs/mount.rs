@@ -19,6 +19,15 @@ const CACHE_BLOCKS: usize = 16 * 1024;
 impl Fs {
     /// Mount the image on `dev`. The error is a sentence for the user.
     pub fn mount(dev: Arc<dyn BlockDevice>, opts: &MountOptions) -> Result<Fs, String> {
+        Fs::mount_with_cache(dev, opts, crate::pagecache::DEFAULT_CACHE_BYTES)
+    }
+
+    /// Mount with a page cache of `cache_bytes` (see `pagecache`).
+    pub fn mount_with_cache(
+        dev: Arc<dyn BlockDevice>,
+        opts: &MountOptions,
+        cache_bytes: u64,
+    ) -> Result<Fs, String> {
         if dev.size() < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE as u64 {
             return Err(format!(
                 "the image is too small ({} bytes) to hold an ext4 file system",
@@ -102,6 +111,8 @@ impl Fs {
             commit_lock: Mutex::new(Vec::new()),
             home_sb_clean: std::sync::atomic::AtomicBool::new(false),
             commit_kick: Default::default(),
+            data: super::data::DataState::new(cache_bytes)
+                .map_err(|e| format!("cannot set up the page cache: {e}"))?,
             sb,
         };
         let root = fs

@@ -342,6 +342,12 @@ impl Fs {
     }
 
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        let r = self.unlink_locked(parent, name);
+        self.reap_deferred();
+        r
+    }
+
+    fn unlink_locked(&self, parent: Ino, name: &[u8]) -> Result<()> {
         self.writable()?;
         check_name(name)?;
         let _g = self.ns_write();
@@ -397,6 +403,19 @@ impl Fs {
 
     /// rename / renameat2 with NOREPLACE and EXCHANGE.
     pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags_: u32,
+    ) -> Result<()> {
+        let r = self.rename_locked(parent, name, newparent, newname, flags_);
+        self.reap_deferred();
+        r
+    }
+
+    fn rename_locked(
         &self,
         parent: Ino,
         name: &[u8],
@@ -576,8 +595,49 @@ impl Fs {
 
     pub fn setattr(&self, ino: Ino, s: &SetAttr) -> Result<Attr> {
         self.writable()?;
+        // A size change of a regular file: the page cache first, under the file's rw lock
+        // (taken before the namespace lock).
+        let data = s.size.and_then(|_| self.inode_data(ino).ok());
+        let _dw = data.as_ref().map(|d| d.write_lock());
+        let mut old_size = None;
+        let mut old_sizes = None;
+        if let (Some(d), Some(size)) = (&data, s.size) {
+            let inode = {
+                let _g = self.ns_read();
+                self.read_inode(ino)?
+            };
+            if size > self.max_file_bytes(&inode) {
+                return Err(Errno::EFBIG);
+            }
+            old_size = Some(inode.size);
+            old_sizes = Some(*d.sizes());
+            if inode.has_flag(flags::INLINE_DATA) {
+                // No page cache over inline data: only the sizes move.
+                *d.sizes() = crate::fs::data::Sizes {
+                    size,
+                    disksize: size,
+                };
+            } else {
+                self.truncate_data(ino, d, size)?;
+            }
+        }
+        let r = self.setattr_locked(ino, s, old_size);
+        if r.is_err()
+            && let (Some(d), Some(old)) = (&data, old_sizes)
+        {
+            // The metadata step failed: the file keeps its old size.
+            *d.sizes() = old;
+        }
+        r
+    }
+
+    fn setattr_locked(&self, ino: Ino, s: &SetAttr, old_size: Option<u64>) -> Result<Attr> {
         let _g = self.ns_write();
         let mut i = self.read_inode(ino)?;
+        if let Some(old) = old_size {
+            // The in-core size already moved; the block map still covers the old one.
+            i.size = old;
+        }
         let t = now();
         if let Some(size) = s.size {
             if i.is_dir() {
@@ -672,7 +732,13 @@ impl Fs {
     /// put it on the orphan list to free at the last forget.
     fn drop_or_orphan(&self, ino: Ino, i: &mut Inode) -> Result<()> {
         let referenced = self.lookup_count(ino) > 0;
-        if referenced {
+        // A file with cached data is freed after the namespace lock is released, under its own
+        // rw lock (writeback may be using it): orphaned now, reaped by `reap_deferred`.
+        let has_data = self.data_if_cached(ino).is_some();
+        if has_data && !referenced {
+            self.defer_reap(ino);
+        }
+        if referenced || has_data {
             self.orphans
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -691,6 +757,7 @@ impl Fs {
     }
 
     fn free_inode_inner(&self, ino: Ino, i: &mut Inode) -> Result<()> {
+        self.drop_inode_data(ino);
         self.truncate_blocks(ino, i, 0)?;
         if i.file_acl != 0 {
             self.release_xattr_block(ino, i)?;

@@ -106,13 +106,6 @@ impl Fs {
 
     pub fn release(&self, _ino: Ino, _fh: u64) {}
 
-    /// Read up to `size` bytes at `offset`; short only at end of file.
-    pub fn read(&self, ino: Ino, _fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let _g = self.ns_read();
-        let inode = self.read_inode(ino)?;
-        self.read_data(ino, &inode, offset, size)
-    }
-
     /// Open a directory for listing. Returns a directory handle.
     pub fn opendir(&self, ino: Ino, _flags: u32) -> Result<u64> {
         let _g = self.ns_read();
@@ -224,7 +217,8 @@ impl Fs {
         let bs = self.block_size as u64;
         let overhead = self.overhead_blocks()?;
         let (free_blocks, free_inodes) = self.alloc.free_counts();
-        let free_blocks = free_blocks << self.cluster_bits();
+        // Blocks promised to delayed allocation are as good as used.
+        let free_blocks = free_blocks.saturating_sub(self.alloc.reserved()) << self.cluster_bits();
         let resv = if self.sb.has_incompat(incompat::EXTENTS) {
             ((self.sb.blocks_count >> self.cluster_bits()) / 50).min(4096) << self.cluster_bits()
         } else {
@@ -293,6 +287,14 @@ impl Fs {
     pub fn lseek(&self, ino: Ino, offset: u64, whence: u32) -> Result<u64> {
         if whence != SEEK_DATA && whence != SEEK_HOLE {
             return Err(Errno::EINVAL);
+        }
+        // Dirty and delayed data count as data: write it back so the block map shows it.
+        let d = self.data_if_cached(ino);
+        let _r = d.as_ref().map(|d| d.read_lock());
+        if let Some(d) = &d
+            && !self.is_read_only()
+        {
+            self.writeback_inode(ino, d, 0, u64::MAX)?;
         }
         let _g = self.ns_read();
         let inode = self.read_inode(ino)?;

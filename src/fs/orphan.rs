@@ -88,6 +88,10 @@ impl Fs {
         if !was {
             return;
         }
+        // The file's rw lock before the namespace lock: no read, write or writeback of it runs
+        // while it is freed.
+        let data = self.data_if_cached(ino);
+        let _w = data.as_ref().map(|d| d.write_lock());
         let _g = self.ns_write();
         let r = self.read_inode(ino).and_then(|mut i| {
             self.orphan_del(ino, &i)?;

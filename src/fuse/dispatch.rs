@@ -327,8 +327,16 @@ impl Dispatcher {
                 Ok(Some(reply::empty(unique)))
             }
             Op::Flush(_) => Ok(Some(reply::empty(unique))),
-            Op::Fsync(_) | Op::Fsyncdir(_) | Op::Syncfs(_) => {
+            Op::Fsync(f) => {
+                fs.fsync(ino, f.fsync_flags & FSYNC_FDATASYNC != 0)?;
+                Ok(Some(reply::empty(unique)))
+            }
+            Op::Fsyncdir(_) => {
                 fs.sync()?;
+                Ok(Some(reply::empty(unique)))
+            }
+            Op::Syncfs(_) => {
+                fs.syncfs()?;
                 Ok(Some(reply::empty(unique)))
             }
             Op::Getxattr { arg, name } => {
@@ -478,9 +486,53 @@ impl Dispatcher {
                 let flags = arg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TMPFILE) as u32);
                 self.open_created(unique, &a, flags).map(Some)
             }
-            // File data and space management arrive with the data path.
-            Op::Write { .. } | Op::Fallocate(_) | Op::CopyFileRange(_) | Op::CopyFileRange64(_) => {
-                Err(Errno::EOPNOTSUPP)
+            Op::Write { arg, data } => {
+                let kill = if arg.write_flags & WRITE_KILL_SUIDGID != 0 {
+                    crate::fs::KILL_SUIDGID
+                } else {
+                    0
+                };
+                let n = fs.write(ino, arg.offset, data, kill)?;
+                let out = abi::WriteOut {
+                    size: n,
+                    padding: 0,
+                };
+                Ok(Some(reply::build(unique, abi::WriteOut::SIZE, |v| {
+                    out.encode(v)
+                })))
+            }
+            Op::Fallocate(f) => {
+                fs.fallocate(ino, f.offset, f.length, f.mode)?;
+                Ok(Some(reply::empty(unique)))
+            }
+            Op::CopyFileRange(c) | Op::CopyFileRange64(c) => {
+                if c.flags != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                let wide = matches!(op, Op::CopyFileRange64(_));
+                // The 32-bit reply cannot say more than u32::MAX bytes.
+                let len = if wide {
+                    c.len
+                } else {
+                    c.len.min(u32::MAX as u64 & !0xFFF)
+                };
+                let n = fs.copy_file_range(ino, c.off_in, ino_of(c.nodeid_out), c.off_out, len)?;
+                if wide {
+                    let out = abi::CopyFileRangeOut { bytes_copied: n };
+                    Ok(Some(reply::build(
+                        unique,
+                        abi::CopyFileRangeOut::SIZE,
+                        |v| out.encode(v),
+                    )))
+                } else {
+                    let out = abi::WriteOut {
+                        size: n as u32,
+                        padding: 0,
+                    };
+                    Ok(Some(reply::build(unique, abi::WriteOut::SIZE, |v| {
+                        out.encode(v)
+                    })))
+                }
             }
             _ => Err(Errno::ENOSYS),
         }
@@ -706,6 +758,11 @@ impl Dispatcher {
 }
 
 /// True when open(2) `flags` ask for write access or truncation.
+/// `FUSE_WRITE_KILL_SUIDGID` in `fuse_write_in.write_flags`.
+const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+/// `FUSE_FSYNC_FDATASYNC` in `fuse_fsync_in.fsync_flags`.
+const FSYNC_FDATASYNC: u32 = 1;
+
 fn wants_write(flags: u32) -> bool {
     let flags = flags as i32;
     (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0

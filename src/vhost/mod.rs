@@ -52,6 +52,8 @@ pub struct FsArgs {
     pub print_capabilities: bool,
     /// `--queues N`: request queues (default 1), besides the high-priority queue.
     pub queues: usize,
+    /// `--cache-size SIZE`: the page cache's size in bytes.
+    pub cache_size: u64,
 }
 
 impl Default for FsArgs {
@@ -65,6 +67,7 @@ impl Default for FsArgs {
             readonly: false,
             print_capabilities: false,
             queues: 1,
+            cache_size: crate::pagecache::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -193,12 +196,14 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
     check_socket_args(args.socket_path.as_deref(), args.fd)?;
     let read_only = args.readonly;
     let dev = FileDevice::open(image, read_only).map_err(|e| e.to_string())?;
-    let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only })
+    let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, args.cache_size)
         .map_err(|e| format!("cannot mount image {}: {e}", image.display()))?;
     let fs = Arc::new(fs);
     if !fs.is_read_only() {
         Fs::start_commit_thread(&fs, std::time::Duration::from_secs(5))
             .map_err(|e| format!("cannot start the commit thread: {e}"))?;
+        Fs::start_flusher_thread(&fs)
+            .map_err(|e| format!("cannot start the flusher thread: {e}"))?;
     }
     let dispatcher = Arc::new(Dispatcher::new(
         Arc::clone(&fs),

@@ -1,0 +1,51 @@
+//! Delayed-allocation reservations: blocks promised to buffered writes that have no block yet.
+//! A reservation succeeds only while the free blocks cover every reservation plus a pool kept
+//! for the metadata that writeback allocates (extent tree growth), the way ext4 keeps
+//! `s_resv_clusters`. Ordinary allocations leave reserved blocks alone, so writeback never
+//! meets ENOSPC for data it accepted.
+
+use super::Allocator;
+use std::sync::atomic::Ordering;
+
+impl Allocator {
+    /// Reserve `n` blocks for delayed allocation, keeping `pool` blocks free beside all
+    /// reservations. False when they do not fit.
+    pub fn reserve(&self, n: u64, pool: u64) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let (free, _) = self.free_counts();
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (r + n + pool <= free).then_some(r + n)
+            })
+            .is_ok()
+    }
+
+    /// Give back `n` reserved blocks (allocated at writeback, or their data was dropped).
+    pub fn release(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let r = self
+            .reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                Some(r.saturating_sub(n))
+            });
+        if let Ok(before) = r
+            && before < n
+        {
+            log::error!("delalloc reservation underflow: released {n} of {before}");
+        }
+    }
+
+    /// Blocks reserved for delayed allocation.
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Free blocks not promised to delayed allocation: what other allocations may take.
+    pub fn unreserved_free(&self) -> u64 {
+        self.free_counts().0.saturating_sub(self.reserved())
+    }
+}

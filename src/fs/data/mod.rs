@@ -1,0 +1,446 @@
+//! File data: the in-core inode table, the page cache's policy (eviction, dirty limits,
+//! background writeback) and ext4's side of the data path — buffered write with delayed
+//! allocation (`write`), cached reads with readahead (`read`), writeback through unwritten
+//! extents converted at I/O completion (`writeback`), truncate, fallocate and copy
+//! (`space`), fsync and syncfs.
+//!
+//! The rules (they keep the image a valid ext4 at every crash point):
+//! * No data=ordered: a block that gets data for the first time is allocated as an **unwritten**
+//!   extent and becomes written only after the data write completed (`writeback`). A crash never
+//!   exposes another file's old blocks.
+//! * `i_disksize` (what the on-disk inode says) moves at I/O completion, to
+//!   `min(end of completed I/O, i_size)`; `i_size` (what users see) moves at write time.
+//! * A buffered write reserves its new blocks (delalloc) and records them as *delayed* in the
+//!   extent status tree; a short or failed write releases what it did not use.
+//! * Data never goes into a block freed by a transaction that has not committed yet
+//!   (`alloc::busy`).
+//!
+//! Lock order: `InodeData::rw` (i_rwsem: writers, truncate and fallocate exclusive; reads and
+//! writeback shared) → `Fs::ns` (the namespace lock, taken only for a short metadata step: a
+//! block-map change or an inode update) → `InodeData::pages` (never held across device I/O
+//! except to read a page in) → the page cache's counters. Eviction and background writeback
+//! take other files' `rw` only with `try_*`, so two writers never wait on each other.
+
+mod read;
+mod space;
+mod write;
+mod writeback;
+
+pub use space::{
+    FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+};
+pub use write::KILL_SUIDGID;
+
+use super::Fs;
+use super::types::Ino;
+use crate::errno::{Errno, Result};
+use crate::pagecache::{Mapping, PageCache};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+/// A page dirty this long is written back by the flusher (the kernel's dirty_expire).
+const DIRTY_EXPIRE: Duration = Duration::from_secs(30);
+
+/// What the inode's size is in memory and on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::fs) struct Sizes {
+    /// i_size: what users see.
+    pub size: u64,
+    /// i_disksize: what the on-disk inode says (moves at I/O completion).
+    pub disksize: u64,
+}
+
+/// The in-core state of one regular file with cached data.
+pub(super) struct InodeData {
+    /// i_rwsem: write/truncate/fallocate hold it exclusively; read and writeback share it.
+    pub rw: RwLock<()>,
+    pub pages: Mutex<Mapping>,
+    pub sizes: Mutex<Sizes>,
+    /// A writeback error not yet reported by fsync (errseq-style: reported once).
+    wb_err: Mutex<Option<Errno>>,
+    /// Where the next sequential read would start (readahead).
+    ra_next: AtomicU64,
+}
+
+impl InodeData {
+    pub fn pages(&self) -> MutexGuard<'_, Mapping> {
+        self.pages.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn sizes(&self) -> MutexGuard<'_, Sizes> {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn read_lock(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.rw.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.rw.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_error(&self, e: Errno) {
+        *self.wb_err.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
+    /// The writeback error since the last call, if any (reported once, as fsync does).
+    fn take_error(&self) -> Option<Errno> {
+        self.wb_err.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Wakes the flusher thread.
+#[derive(Default)]
+struct Kick {
+    kicked: Mutex<bool>,
+    cv: Condvar,
+    /// Writers waiting for dirty pages to go down.
+    cleaned: Condvar,
+}
+
+/// The data path's shared state, one per mounted file system.
+pub(super) struct DataState {
+    pub pc: PageCache,
+    table: Mutex<HashMap<Ino, Arc<InodeData>>>,
+    kick: Arc<Kick>,
+    /// The flusher thread should stop (unmount).
+    stop: AtomicBool,
+    /// Unlinked files with cached data, to free once the namespace lock is released.
+    deferred: Mutex<Vec<Ino>>,
+}
+
+impl DataState {
+    pub fn new(cache_bytes: u64) -> std::io::Result<DataState> {
+        Ok(DataState {
+            pc: PageCache::new(cache_bytes, 8)?,
+            table: Mutex::new(HashMap::new()),
+            kick: Arc::new(Kick::default()),
+            stop: AtomicBool::new(false),
+            deferred: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<Ino, Arc<InodeData>>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, ino: Ino) -> Option<Arc<InodeData>> {
+        self.table().get(&ino).cloned()
+    }
+
+    /// Every file with in-core data state.
+    fn all(&self) -> Vec<(Ino, Arc<InodeData>)> {
+        self.table().iter().map(|(i, d)| (*i, d.clone())).collect()
+    }
+
+    /// Is `d` still the table's entry for `ino` (it was not freed meanwhile)?
+    fn is_current(&self, ino: Ino, d: &Arc<InodeData>) -> bool {
+        self.table().get(&ino).is_some_and(|x| Arc::ptr_eq(x, d))
+    }
+
+    fn kick_flusher(&self) {
+        *self.kick.kicked.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.kick.cv.notify_one();
+    }
+}
+
+impl Fs {
+    /// The in-core state of regular file `ino`, created (sizes read from the inode) on first use.
+    pub(super) fn inode_data(&self, ino: Ino) -> Result<Arc<InodeData>> {
+        if let Some(d) = self.data.get(ino) {
+            return Ok(d);
+        }
+        let _g = self.ns_read();
+        let inode = self.read_inode(ino)?;
+        if inode.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        if !inode.is_reg() {
+            return Err(Errno::EINVAL);
+        }
+        let mut t = self.data.table();
+        Ok(t.entry(ino)
+            .or_insert_with(|| {
+                Arc::new(InodeData {
+                    rw: RwLock::new(()),
+                    pages: Mutex::new(Mapping::default()),
+                    sizes: Mutex::new(Sizes {
+                        size: inode.size,
+                        disksize: inode.size,
+                    }),
+                    wb_err: Mutex::new(None),
+                    ra_next: AtomicU64::new(u64::MAX),
+                })
+            })
+            .clone())
+    }
+
+    /// Free `ino` (orphaned, unreferenced, with cached data) once the caller released `ns`.
+    pub(super) fn defer_reap(&self, ino: Ino) {
+        self.data
+            .deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ino);
+    }
+
+    /// Free the files `defer_reap` queued. Called without the namespace lock.
+    pub(super) fn reap_deferred(&self) {
+        let list =
+            std::mem::take(&mut *self.data.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        for ino in list {
+            if self.lookup_count(ino) == 0 {
+                self.reap_if_orphan(ino);
+            }
+        }
+    }
+
+    /// The in-core state of `ino`, when it has one.
+    pub(super) fn data_if_cached(&self, ino: Ino) -> Option<Arc<InodeData>> {
+        self.data.get(ino)
+    }
+
+    /// The in-memory size of `ino` when it differs from the inode's (read_inode overlays it).
+    pub(super) fn incore_size(&self, ino: Ino) -> Option<u64> {
+        self.data.get(ino).map(|d| d.sizes().size)
+    }
+
+    /// The size the on-disk inode must carry (store_inode writes i_disksize).
+    pub(super) fn incore_disksize(&self, ino: Ino) -> Option<u64> {
+        self.data.get(ino).map(|d| d.sizes().disksize)
+    }
+
+    /// Forget `ino`'s cached data and release its reservations: it is being freed. The caller
+    /// holds `d.rw` exclusively (or knows no one else uses the inode).
+    pub(super) fn drop_inode_data(&self, ino: Ino) {
+        let Some(d) = self.data.table().remove(&ino) else {
+            return;
+        };
+        d.pages().drop_range(&self.data.pc, 0, u64::MAX);
+        let delayed = self.es.delayed_blocks(ino);
+        self.es.remove(ino, 0, u64::MAX);
+        self.alloc.release(delayed);
+    }
+
+    /// fsync: write back the file's dirty pages, wait for their completion (unwritten
+    /// conversion, i_disksize), then commit the journal (or flush the device when nothing is
+    /// left to commit). A writeback error since the last fsync is reported once, as EIO.
+    pub fn fsync(&self, ino: Ino, _datasync: bool) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        if let Some(d) = self.data.get(ino) {
+            let _r = d.read_lock();
+            let r = self.writeback_inode(ino, &d, 0, u64::MAX);
+            drop(_r);
+            if let Some(e) = d.take_error() {
+                return Err(e);
+            }
+            r?;
+        }
+        self.commit_or_flush()
+    }
+
+    /// syncfs: every file's data, then the journal.
+    pub fn syncfs(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.writeback_all(false)?;
+        self.commit_or_flush()
+    }
+
+    /// Commit the running transaction; when there is none, flush the device (data overwritten
+    /// in place must still reach stable storage).
+    fn commit_or_flush(&self) -> Result<()> {
+        if self.is_read_only() {
+            return Err(Errno::EIO);
+        }
+        if self.cache.running_len() > 0 {
+            return self.sync();
+        }
+        self.dev.flush().map_err(|e| {
+            log::error!("flushing the device failed: {e}");
+            Errno::EIO
+        })
+    }
+
+    /// Write back every file's dirty pages. With `only_expired`, only files with pages dirty
+    /// longer than the expiry, unless dirty memory is past the background threshold. Files
+    /// busy with a writer are skipped when `only_expired` (the background case).
+    pub(super) fn writeback_all(&self, only_expired: bool) -> Result<()> {
+        let mut first_err = None;
+        let over = self.data.pc.dirty_pages() > self.data.pc.background_limit();
+        for (ino, d) in self.data.all() {
+            let dirty_since = d.pages().dirty_since();
+            let Some(since) = dirty_since else { continue };
+            if only_expired && !over && since.elapsed() < DIRTY_EXPIRE {
+                continue;
+            }
+            let guard = if only_expired {
+                match d.rw.try_read() {
+                    Ok(g) => g,
+                    Err(_) => continue,
+                }
+            } else {
+                d.read_lock()
+            };
+            if !self.data.is_current(ino, &d) {
+                continue;
+            }
+            if let Err(e) = self.writeback_inode(ino, &d, 0, u64::MAX) {
+                first_err.get_or_insert(e);
+            }
+            drop(guard);
+        }
+        self.data.kick.cleaned.notify_all();
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Before unmount: write back everything. (The flusher keeps running: a virtiofs guest may
+    /// mount the file system again; it ends when the file system is dropped.)
+    pub(super) fn data_shutdown(&self) -> Result<()> {
+        self.writeback_all(false)
+    }
+
+    /// Stop the flusher thread (the file system is going away).
+    pub fn stop_flusher(&self) {
+        self.data.stop.store(true, Ordering::Release);
+        self.data.kick_flusher();
+    }
+
+    /// Evict clean pages until the cache is under its limit (other files only when no writer
+    /// holds them). `own` is a file whose lock the caller already holds.
+    fn shrink_cache(&self, own: Option<(&InodeData, &mut Mapping)>) {
+        let pc = &self.data.pc;
+        let mut need = pc.over_limit();
+        if need == 0 && pc.arena.free_slabs() > 0 {
+            return;
+        }
+        // Free an eighth of the cache at a time, so eviction is not paid per page.
+        need = need.max(pc.limit_pages() / 8);
+        let own_ptr = own.as_ref().map(|(d, _)| *d as *const InodeData);
+        let mut files = self.data.all();
+        files.sort_by_key(|(_, d)| {
+            if Some(Arc::as_ptr(d)) == own_ptr {
+                u64::MAX
+            } else {
+                d.pages.try_lock().map(|m| m.last_use()).unwrap_or(u64::MAX)
+            }
+        });
+        for (ino, d) in files {
+            if need == 0 {
+                break;
+            }
+            if Some(Arc::as_ptr(&d)) == own_ptr {
+                continue;
+            }
+            let Ok(_w) = d.rw.try_write() else { continue };
+            let mut m = d.pages();
+            need = need.saturating_sub(m.evict_clean(pc, need));
+            let empty = m.resident_pages() == 0;
+            drop(m);
+            if empty {
+                self.forget_idle(ino, &d);
+            }
+        }
+        if need > 0
+            && let Some((_, m)) = own
+        {
+            m.evict_clean(pc, need);
+        }
+    }
+
+    /// Drop the table entry of a file with no cached pages and nothing pending, so the table
+    /// does not grow with every file ever read. Only when nobody else holds it.
+    fn forget_idle(&self, ino: Ino, d: &Arc<InodeData>) {
+        let mut t = self.data.table();
+        let s = *d.sizes();
+        if s.size == s.disksize
+            && self.es.delayed_blocks(ino) == 0
+            && t.get(&ino).is_some_and(|x| Arc::ptr_eq(x, d))
+            && Arc::strong_count(d) == 2
+        {
+            t.remove(&ino);
+        }
+    }
+
+    /// Writers past the dirty limit write their own file back, then wait (briefly) for the
+    /// flusher to bring the rest under the limit: a fast writer cannot grow the cache without
+    /// bound. Called with `d.rw` held exclusively.
+    fn balance_dirty(&self, ino: Ino, d: &InodeData) -> Result<()> {
+        let pc = &self.data.pc;
+        if pc.dirty_pages() > pc.background_limit() {
+            self.data.kick_flusher();
+        }
+        if pc.dirty_pages() > pc.dirty_limit() {
+            self.writeback_inode(ino, d, 0, u64::MAX)?;
+            let mut tries = 0;
+            while pc.dirty_pages() > pc.dirty_limit() && tries < 20 {
+                self.data.kick_flusher();
+                let g = self
+                    .data
+                    .kick
+                    .kicked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let _ = self
+                    .data
+                    .kick
+                    .cleaned
+                    .wait_timeout(g, Duration::from_millis(50));
+                tries += 1;
+            }
+        }
+        if pc.over_limit() > 0 || pc.arena.free_slabs() == 0 {
+            let mut m = d.pages();
+            self.shrink_cache(Some((d, &mut m)));
+        }
+        Ok(())
+    }
+
+    /// Start the flusher thread: background writeback of expired or excess dirty pages, and
+    /// eviction when the cache is over its size.
+    pub fn start_flusher_thread(fs: &Arc<Fs>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let weak = Arc::downgrade(fs);
+        std::thread::Builder::new()
+            .name("flusher".into())
+            .spawn(move || {
+                loop {
+                    {
+                        // Wait without keeping the file system alive.
+                        let Some(k) = weak.upgrade().map(|fs| fs.data.kick.clone()) else {
+                            return;
+                        };
+                        let g = k.kicked.lock().unwrap_or_else(|e| e.into_inner());
+                        let (mut g, _) =
+                            k.cv.wait_timeout_while(g, Duration::from_secs(1), |kicked| !*kicked)
+                                .unwrap_or_else(|e| e.into_inner());
+                        *g = false;
+                    }
+                    let Some(fs) = weak.upgrade() else { return };
+                    if fs.data.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if fs.is_read_only() {
+                        continue;
+                    }
+                    if let Err(e) = fs.writeback_all(true) {
+                        log::warn!("background writeback: {e}");
+                    }
+                    if fs.data.pc.over_limit() > 0 {
+                        fs.shrink_cache(None);
+                    }
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests;

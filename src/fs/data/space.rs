@@ -1,0 +1,353 @@
+//! Changing which bytes a file has: truncate (the page cache side), fallocate in the modes ext4
+//! supports, and copy_file_range through the page cache.
+//!
+//! Partial blocks at the edge of a truncate or punch are zeroed in the cache and written back at
+//! once (iomap's zero range), so the zeros are on disk before the transaction that frees the
+//! blocks after them; never inside a handle.
+//!
+//! Lock order: the file's rw lock exclusively → ns (the block-map change) → the mapping mutex.
+
+use super::InodeData;
+use crate::errno::{Errno, Result};
+use crate::extent::ExtentTree;
+use crate::fs::Fs;
+use crate::fs::blocks::{NodeIo, now};
+use crate::fs::bmap::Target;
+use crate::fs::types::Ino;
+use crate::ondisk::inode::flags;
+use crate::pagecache::PAGE_SIZE;
+
+pub const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
+pub const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
+pub const FALLOC_FL_COLLAPSE_RANGE: u32 = 0x08;
+pub const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
+pub const FALLOC_FL_INSERT_RANGE: u32 = 0x20;
+
+impl Fs {
+    /// The page cache side of a size change to `new_size` (the caller holds `d.rw`
+    /// exclusively and changes the block map afterwards): pages past the new end go (dirty ones
+    /// too, with their reservations), the partial block's tail is zeroed and written back, and
+    /// both sizes become `new_size`.
+    pub(in crate::fs) fn truncate_data(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        new_size: u64,
+    ) -> Result<()> {
+        let old = d.sizes().size;
+        if new_size < old && self.block_size as usize <= PAGE_SIZE {
+            let bs = self.block_size as u64;
+            self.zero_partial(ino, d, new_size, bs - new_size % bs)?;
+            self.forget_blocks_from(ino, d, new_size.div_ceil(bs));
+        }
+        *d.sizes() = super::Sizes {
+            size: new_size,
+            disksize: new_size,
+        };
+        Ok(())
+    }
+
+    /// Drop the cache and delayed reservations of every block from `first` on.
+    fn forget_blocks_from(&self, ino: Ino, d: &InodeData, first: u64) {
+        self.forget_blocks(ino, d, first, u64::MAX / 2);
+    }
+
+    /// Drop the cached data and delayed reservations of blocks `[first, first + n)`.
+    fn forget_blocks(&self, ino: Ino, d: &InodeData, first: u64, n: u64) {
+        let pc = &self.data.pc;
+        let bs = self.block_size as u64;
+        let bpp = PAGE_SIZE as u64 / bs;
+        let end = first.saturating_add(n);
+        {
+            let mut m = d.pages();
+            let full_from = first.div_ceil(bpp);
+            let full_to = end / bpp;
+            if full_from < full_to {
+                m.drop_range(pc, full_from, full_to);
+            }
+            // Pages cut by the range keep their other blocks.
+            for idx in [first / bpp, end / bpp] {
+                if idx >= full_from && idx < full_to {
+                    continue;
+                }
+                let st = m.state(idx);
+                if !st.resident {
+                    continue;
+                }
+                let mut mask = 0u8;
+                for b in 0..bpp {
+                    let l = idx * bpp + b;
+                    if l >= first && l < end {
+                        mask |= 1 << b;
+                    }
+                }
+                if mask == 0 {
+                    continue;
+                }
+                m.clear_dirty(pc, idx, mask);
+                m.set_uptodate_mask(idx, st.uptodate & !mask);
+                if let Some((slab, p)) = m.slab_of(idx) {
+                    for b in 0..bpp {
+                        if mask & (1 << b) != 0 {
+                            pc.arena.zero(slab, p, (b * bs) as usize, bs as usize);
+                        }
+                    }
+                }
+            }
+        }
+        let delayed = self.delayed_in(ino, first, end - first);
+        self.es.remove(ino, first, end - first);
+        self.alloc.release(delayed);
+    }
+
+    /// Zero `len` bytes at `pos` that lie within one block (the partial block at the edge of a
+    /// truncate or punch): in the cache, reading the block in first when it has data on disk,
+    /// then write it back now unless it has no block yet (delayed blocks stay dirty).
+    fn zero_partial(&self, ino: Ino, d: &InodeData, pos: u64, len: u64) -> Result<()> {
+        let bs = self.block_size as u64;
+        if len == 0 || len >= bs || pos % bs + len > bs {
+            return Ok(());
+        }
+        let lblk = pos / bs;
+        let bpp = PAGE_SIZE as u64 / bs;
+        let idx = lblk / bpp;
+        let b = lblk % bpp;
+        let target = {
+            let _g = self.ns_read();
+            let inode = self.read_inode(ino)?;
+            self.map_block(ino, &inode, lblk)?.target
+        };
+        let cached = d.pages().state(idx).uptodate & (1 << b) != 0;
+        if !cached
+            && !matches!(
+                target,
+                Target::Data {
+                    unwritten: false,
+                    ..
+                }
+            )
+        {
+            // Nothing on disk and nothing cached: the block reads as zeros already.
+            return Ok(());
+        }
+        let (slab, p) = {
+            let mut m = d.pages();
+            match m.get_or_create(&self.data.pc, idx) {
+                Ok(x) => x,
+                Err(_) => {
+                    drop(m);
+                    self.shrink_cache(None);
+                    d.pages()
+                        .get_or_create(&self.data.pc, idx)
+                        .map_err(|_| Errno::ENOMEM)?
+                }
+            }
+        };
+        if !cached {
+            self.fill_block(ino, lblk, slab, p, (b * bs) as usize)?;
+        }
+        self.data
+            .pc
+            .arena
+            .zero(slab, p, (b * bs + pos % bs) as usize, len as usize);
+        d.pages().set_dirty(&self.data.pc, idx, 1 << b);
+        if target != Target::Hole {
+            self.writeback_inode(ino, d, idx, idx + 1)?;
+        }
+        Ok(())
+    }
+
+    /// fallocate(2): allocate (mode 0, KEEP_SIZE), PUNCH_HOLE, ZERO_RANGE; with the kernel's
+    /// answers for what ext4 refuses.
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: u32) -> Result<()> {
+        if self.is_read_only() {
+            return Err(Errno::EROFS);
+        }
+        let known = FALLOC_FL_KEEP_SIZE
+            | FALLOC_FL_PUNCH_HOLE
+            | FALLOC_FL_COLLAPSE_RANGE
+            | FALLOC_FL_ZERO_RANGE
+            | FALLOC_FL_INSERT_RANGE;
+        if mode & !known != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if len == 0 || (offset as i64) < 0 || (len as i64) < 0 {
+            return Err(Errno::EINVAL);
+        }
+        if mode & FALLOC_FL_PUNCH_HOLE != 0 && mode & FALLOC_FL_KEEP_SIZE == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let d = self.inode_data(ino)?;
+        let _w = d.write_lock();
+        let inode = {
+            let _g = self.ns_read();
+            self.read_inode(ino)?
+        };
+        if offset
+            .checked_add(len)
+            .is_none_or(|e| e > self.max_file_bytes(&inode))
+        {
+            return Err(Errno::EFBIG);
+        }
+        if self.block_size as usize > PAGE_SIZE {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if mode & FALLOC_FL_PUNCH_HOLE != 0 {
+            if !inode.has_flag(flags::EXTENTS) {
+                // Punching indirect maps is not implemented yet.
+                return Err(Errno::EOPNOTSUPP);
+            }
+            self.punch(ino, &d, offset, len)?;
+            return self.touch_times(ino, false);
+        }
+        if !inode.has_flag(flags::EXTENTS) || inode.has_flag(flags::INLINE_DATA) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        match mode & !FALLOC_FL_KEEP_SIZE {
+            0 => {
+                self.allocate_range(ino, &d, offset, len)?;
+            }
+            FALLOC_FL_ZERO_RANGE => {
+                let size = d.sizes().size;
+                if offset < size {
+                    self.punch(ino, &d, offset, len.min(size - offset))?;
+                }
+                self.allocate_range(ino, &d, offset, len)?;
+            }
+            // Collapse and insert range are not implemented yet.
+            _ => return Err(Errno::EOPNOTSUPP),
+        }
+        let grew = mode & FALLOC_FL_KEEP_SIZE == 0 && offset + len > d.sizes().size;
+        if grew {
+            *d.sizes() = super::Sizes {
+                size: offset + len,
+                disksize: offset + len,
+            };
+        }
+        self.touch_times(ino, grew || mode & FALLOC_FL_ZERO_RANGE != 0)
+    }
+
+    /// ctime (and mtime when the contents or size changed) move.
+    fn touch_times(&self, ino: Ino, mtime: bool) -> Result<()> {
+        let _g = self.ns_write();
+        let mut i = self.read_inode(ino)?;
+        let t = now();
+        i.ctime = t;
+        if mtime {
+            i.mtime = t;
+        }
+        self.store_inode(ino, &i)
+    }
+
+    /// Unwritten blocks for every hole of `[offset, offset + len)`; dirty pages there are
+    /// written back first, so no delayed block is left inside.
+    fn allocate_range(&self, ino: Ino, d: &InodeData, offset: u64, len: u64) -> Result<()> {
+        let bs = self.block_size as u64;
+        let first = offset / bs;
+        let end = (offset + len).div_ceil(bs);
+        let p0 = offset / PAGE_SIZE as u64;
+        let p1 = (offset + len).div_ceil(PAGE_SIZE as u64);
+        self.writeback_inode(ino, d, p0, p1)?;
+        let mut l = first;
+        while l < end {
+            let m = {
+                let _g = self.ns_read();
+                let inode = self.read_inode(ino)?;
+                self.map_block(ino, &inode, l)?
+            };
+            let run_end = end.min(m.lblk.saturating_add(m.len)).max(l + 1);
+            if m.target == Target::Hole {
+                let (_, got) = self.alloc_unwritten(ino, l, run_end - l)?;
+                l += got.min(run_end - l).max(1);
+            } else {
+                l = run_end;
+            }
+        }
+        self.commit_if_large()
+    }
+
+    /// Punch `[offset, offset + len)` (within the size): partial blocks zeroed, whole blocks
+    /// unmapped and freed, cached data and reservations dropped.
+    fn punch(&self, ino: Ino, d: &InodeData, offset: u64, len: u64) -> Result<()> {
+        let size = d.sizes().size;
+        if offset >= size {
+            return Ok(());
+        }
+        let end = (offset + len).min(size);
+        let bs = self.block_size as u64;
+        let first_full = offset.div_ceil(bs);
+        let end_full = end / bs;
+        if first_full > end_full {
+            // Inside one block.
+            return self.zero_partial(ino, d, offset, end - offset);
+        }
+        self.zero_partial(ino, d, offset, first_full * bs - offset)?;
+        if !end.is_multiple_of(bs) {
+            self.zero_partial(ino, d, end_full * bs, end - end_full * bs)?;
+        }
+        if end_full > first_full {
+            self.forget_blocks(ino, d, first_full, end_full - first_full);
+            self.unmap_range(ino, first_full, end_full)?;
+        }
+        Ok(())
+    }
+
+    /// Remove the extents of `[first, end)` and free their blocks, in one handle.
+    fn unmap_range(&self, ino: Ino, first: u64, end: u64) -> Result<()> {
+        let _g = self.ns_write();
+        let mut inode = self.read_inode(ino)?;
+        let io = NodeIo::new(self, ino, &inode);
+        let mut root = inode.block;
+        let r = ExtentTree::new(&mut root, &io, self.block_size, ino)
+            .remove(first.min(u32::MAX as u64) as u32, end.min(1 << 32));
+        self.es.forget_mapped(ino);
+        inode.block = root;
+        let freed = r?;
+        let mut n = 0i64;
+        for (p, len) in freed {
+            self.alloc.free_blocks(self, p, len)?;
+            n += len as i64;
+        }
+        self.adjust_blocks(&mut inode, io.delta.get() - n);
+        self.store_inode(ino, &inode)?;
+        self.commit_if_large()
+    }
+
+    /// copy_file_range through the page cache: up to `len` bytes from `ino_in` at `off_in` to
+    /// `ino_out` at `off_out`. Overlapping ranges of one file are refused (EINVAL), as the
+    /// kernel does.
+    pub fn copy_file_range(
+        &self,
+        ino_in: Ino,
+        off_in: u64,
+        ino_out: Ino,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u64> {
+        if ino_in == ino_out
+            && off_in < off_out.saturating_add(len)
+            && off_out < off_in.saturating_add(len)
+        {
+            return Err(Errno::EINVAL);
+        }
+        const STEP: u64 = 1 << 20;
+        // The length is cut at the source's size when the copy starts (the kernel's
+        // generic_copy_file_checks), even when the copy grows the same file.
+        let src_size = self.getattr(ino_in)?.size;
+        let len = len.min(src_size.saturating_sub(off_in));
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(STEP) as u32;
+            let buf = self.read(ino_in, 0, off_in + done, n)?;
+            if buf.is_empty() {
+                break;
+            }
+            let w = self.write(ino_out, off_out + done, &buf, 0)?;
+            done += w as u64;
+            if (w as usize) < buf.len() {
+                break;
+            }
+        }
+        Ok(done)
+    }
+}

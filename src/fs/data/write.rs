@@ -1,0 +1,313 @@
+//! Buffered write (iomap's write_begin / write_end in our terms): reserve the new blocks as
+//! delayed, fill partial blocks (read or zero), copy the payload into the page cache once, mark
+//! the blocks dirty, move i_size. A short or failed copy releases the reservations it did not
+//! use, so no delayed block is ever left without a dirty page over it.
+//!
+//! Lock order: see `data/mod.rs`. `write` holds the file's rw lock exclusively throughout; the
+//! namespace lock is taken shared to look at the block map, exclusively for the inode update.
+
+use super::InodeData;
+use crate::errno::{Errno, Result};
+use crate::extent::Status;
+use crate::fs::Fs;
+use crate::fs::blocks::now;
+use crate::fs::bmap::Target;
+use crate::fs::types::Ino;
+use crate::ondisk::inode::{Inode, flags};
+use crate::pagecache::{NoSlab, PAGE_SIZE, PageIndex, SlabId};
+
+/// FUSE_WRITE_KILL_SUIDGID: the writer is not privileged; drop suid/sgid as the kernel does.
+pub const KILL_SUIDGID: u32 = 1;
+
+impl Fs {
+    /// Write `data` at `offset` of regular file `ino`. Returns the bytes written (short only at
+    /// the file size limit or when a later part failed).
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8], flags_: u32) -> Result<u32> {
+        if self.is_read_only() {
+            return Err(Errno::EROFS);
+        }
+        let d = self.inode_data(ino)?;
+        let _w = d.write_lock();
+        let inode = {
+            let _g = self.ns_read();
+            self.read_inode(ino)?
+        };
+        if !inode.is_reg() {
+            return Err(Errno::EINVAL);
+        }
+        if self.block_size as usize > PAGE_SIZE {
+            log::warn!("inode {ino}: writing data with blocks larger than 4 KiB is not supported");
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let max = self.max_file_bytes(&inode);
+        if offset >= max {
+            return Err(Errno::EFBIG);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let data = &data[..(data.len() as u64).min(max - offset) as usize];
+        let inode = if inode.has_flag(flags::INLINE_DATA) {
+            self.inline_to_blocks(ino, &d)?
+        } else {
+            inode
+        };
+        let len = data.len() as u64;
+        let bs = self.block_size as u64;
+        let first = offset / bs;
+        let end_blk = (offset + len).div_ceil(bs);
+        let holes = self.unreserved_holes(ino, &inode, first, end_blk)?;
+        let need: u64 = holes.iter().map(|(_, l)| l).sum();
+        self.reserve_blocks(ino, &d, need)?;
+        for &(s, l) in &holes {
+            self.es.insert(ino, s, l, Status::Delayed);
+        }
+        let (done, err) = self.copy_into_pages(ino, &d, offset, data);
+        if (done as u64) < len {
+            // Release the delayed blocks no byte of this write reached.
+            let keep_to = (offset + done as u64).div_ceil(bs);
+            let mut unused = 0;
+            for &(s, l) in &holes {
+                let from = s.max(keep_to);
+                if from < s + l {
+                    self.es.remove(ino, from, s + l - from);
+                    unused += s + l - from;
+                }
+            }
+            self.alloc.release(unused);
+        }
+        if done == 0 {
+            return Err(err.unwrap_or(Errno::EIO));
+        }
+        {
+            let mut s = d.sizes();
+            s.size = s.size.max(offset + done as u64);
+        }
+        self.file_modified(ino, flags_ & KILL_SUIDGID != 0)?;
+        self.balance_dirty(ino, &d)?;
+        Ok(done as u32)
+    }
+
+    /// An inline-data file is about to get data past what its inode holds: move the data to a
+    /// block (written at once, before the map that points to it commits) and return the inode
+    /// as it is now.
+    fn inline_to_blocks(&self, ino: Ino, d: &InodeData) -> Result<Inode> {
+        let _g = self.ns_write();
+        let mut inode = self.read_inode(ino)?;
+        if !inode.has_flag(flags::INLINE_DATA) {
+            return Ok(inode);
+        }
+        let size = d.sizes().size;
+        inode.size = size;
+        self.inline_set_size(ino, &mut inode, size)?;
+        self.store_inode(ino, &inode)?;
+        Ok(inode)
+    }
+
+    /// The largest size a file can reach: extents address 2^32 blocks; indirect maps end where
+    /// the triple indirect tree does.
+    pub(in crate::fs) fn max_file_bytes(&self, inode: &Inode) -> u64 {
+        let bs = self.block_size as u64;
+        if inode.has_flag(flags::EXTENTS) || inode.has_flag(flags::INLINE_DATA) {
+            ((1u64 << 32) - 1) * bs
+        } else {
+            self.ind_max_bytes()
+        }
+    }
+
+    /// mtime and ctime move, suid (and sgid with group-exec) go when asked — the inode update of
+    /// a write, in a short handle.
+    pub(super) fn file_modified(&self, ino: Ino, kill_suid: bool) -> Result<()> {
+        let _g = self.ns_write();
+        let mut i = self.read_inode(ino)?;
+        let t = now();
+        i.mtime = t;
+        i.ctime = t;
+        if kill_suid {
+            let mut mode = i.mode as u32 & !(libc::S_ISUID);
+            if mode & libc::S_IXGRP != 0 {
+                mode &= !libc::S_ISGID;
+            }
+            i.mode = mode as u16;
+        }
+        self.store_inode(ino, &i)
+    }
+
+    /// Blocks in `[first, end)` that are holes on disk and not delayed yet: the write must
+    /// reserve them.
+    pub(super) fn unreserved_holes(
+        &self,
+        ino: Ino,
+        inode: &Inode,
+        first: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, u64)>> {
+        let _g = self.ns_read();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut push = |s: u64, l: u64| {
+            if l == 0 {
+                return;
+            }
+            match out.last_mut() {
+                Some((ps, pl)) if *ps + *pl == s => *pl += l,
+                _ => out.push((s, l)),
+            }
+        };
+        let mut l = first;
+        while l < end {
+            let m = self.map_block(ino, inode, l)?;
+            let run_end = end.min(m.lblk.saturating_add(m.len)).max(l + 1);
+            if m.target == Target::Hole {
+                let mut pos = l;
+                for (s, len, st) in self.es.ranges(ino, l, run_end - l) {
+                    if st.is_delayed() {
+                        push(pos, s.saturating_sub(pos));
+                        pos = s + len;
+                    }
+                }
+                push(pos, run_end.saturating_sub(pos));
+            }
+            l = run_end;
+        }
+        Ok(out)
+    }
+
+    /// Reserve `n` blocks for delayed allocation. When they do not fit: write back and commit
+    /// (the kernel's retry after a forced commit), then try once more; ENOSPC is answered here,
+    /// by write(), never later at writeback.
+    fn reserve_blocks(&self, ino: Ino, d: &InodeData, n: u64) -> Result<()> {
+        let pool = self.metadata_pool();
+        if self.alloc.reserve(n, pool) {
+            return Ok(());
+        }
+        self.writeback_inode(ino, d, 0, u64::MAX)?;
+        let _ = self.writeback_others(ino);
+        let _ = self.sync();
+        if self.alloc.reserve(n, pool) {
+            return Ok(());
+        }
+        Err(Errno::ENOSPC)
+    }
+
+    /// Blocks kept free beside the delalloc reservations for the metadata writeback allocates
+    /// (2% of the file system, at most 4096 blocks; the kernel's s_resv_clusters).
+    pub(in crate::fs) fn metadata_pool(&self) -> u64 {
+        (self.sb.blocks_count / 50).min(4096)
+    }
+
+    /// Copy `data` into the page cache at `offset`, filling partial blocks first. Returns the
+    /// bytes copied and, when short, why.
+    fn copy_into_pages(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        offset: u64,
+        data: &[u8],
+    ) -> (usize, Option<Errno>) {
+        let pc = &self.data.pc;
+        let bs = self.block_size as usize;
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let idx: PageIndex = pos / PAGE_SIZE as u64;
+            let poff = (pos % PAGE_SIZE as u64) as usize;
+            let n = (PAGE_SIZE - poff).min(data.len() - done);
+            let (slab, p) = match self.page_for_write(ino, d, idx) {
+                Ok(x) => x,
+                Err(e) => return (done, Some(e)),
+            };
+            let b0 = poff / bs;
+            let b1 = (poff + n - 1) / bs;
+            let state = d.pages().state(idx);
+            // A block the write covers only partly must hold the file's data around it.
+            for b in [b0, b1] {
+                let partial = (b == b0 && !poff.is_multiple_of(bs))
+                    || (b == b1 && !(poff + n).is_multiple_of(bs));
+                if partial && state.uptodate & (1 << b) == 0 {
+                    let lblk = (idx * PAGE_SIZE as u64) / bs as u64 + b as u64;
+                    if let Err(e) = self.fill_block(ino, lblk, slab, p, b * bs) {
+                        return (done, Some(e));
+                    }
+                    d.pages().set_uptodate(idx, 1 << b);
+                }
+            }
+            pc.arena.write(slab, p, poff, &data[done..done + n]);
+            let mask = (((1u16 << (b1 + 1)) - 1) & !((1u16 << b0) - 1)) as u8;
+            d.pages().set_dirty(pc, idx, mask);
+            done += n;
+        }
+        (done, None)
+    }
+
+    /// The page `idx` of the file, resident, for a write: when no slab is free, evict clean
+    /// pages (ours too) and, failing that, write our dirty pages back first.
+    fn page_for_write(&self, ino: Ino, d: &InodeData, idx: PageIndex) -> Result<(SlabId, usize)> {
+        for attempt in 0..3 {
+            let mut m = d.pages();
+            match m.get_or_create(&self.data.pc, idx) {
+                Ok(x) => return Ok(x),
+                Err(NoSlab) => {
+                    if attempt == 1 {
+                        drop(m);
+                        self.writeback_inode(ino, d, 0, u64::MAX)?;
+                        m = d.pages();
+                    }
+                    self.shrink_cache(Some((d, &mut m)));
+                }
+            }
+        }
+        log::error!("inode {ino}: the page cache has no room left (every page is dirty or in use)");
+        Err(Errno::ENOMEM)
+    }
+
+    /// Bring block `lblk` into its page at byte `boff`: the disk's data for a written block,
+    /// zeros otherwise (holes, unwritten and delayed blocks not in the cache). The caller holds
+    /// the file's rw lock.
+    pub(super) fn fill_block(
+        &self,
+        ino: Ino,
+        lblk: u64,
+        slab: SlabId,
+        p: usize,
+        boff: usize,
+    ) -> Result<()> {
+        let bs = self.block_size as usize;
+        let target = {
+            let _g = self.ns_read();
+            let inode = self.read_inode(ino)?;
+            self.map_block(ino, &inode, lblk)?.target
+        };
+        match target {
+            Target::Data {
+                pblk,
+                unwritten: false,
+            } => {
+                // SAFETY: the caller holds the file's rw lock, which every writer of this page
+                // takes exclusively; the slice does not outlive this call.
+                let block = unsafe { self.data.pc.arena.bytes_mut(slab, p, boff, bs) };
+                self.dev.read_at(block, pblk * bs as u64).map_err(|e| {
+                    log::error!("inode {ino}: I/O error reading block {pblk}: {e}");
+                    Errno::EIO
+                })
+            }
+            _ => {
+                self.data.pc.arena.zero(slab, p, boff, bs);
+                Ok(())
+            }
+        }
+    }
+
+    /// Write back other files (not `ino`, whose lock the caller holds), skipping those busy.
+    fn writeback_others(&self, ino: Ino) -> Result<()> {
+        for (other, d) in self.data.all() {
+            if other == ino {
+                continue;
+            }
+            let Ok(_g) = d.rw.try_read() else { continue };
+            if self.data.is_current(other, &d) {
+                self.writeback_inode(other, &d, 0, u64::MAX)?;
+            }
+        }
+        Ok(())
+    }
+}

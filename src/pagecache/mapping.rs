@@ -1,0 +1,370 @@
+//! The pages of one file: which file pages are resident (and in which slab), and per block
+//! whether it is uptodate (holds the file's data) and dirty (newer than the disk). Knows nothing
+//! of extents or of how pages are filled or written back: the data path (`fs::data`) drives it.
+//!
+//! Locking: a `Mapping` is owned by one file's `Mutex`; the [`PageCache`] counters are atomics.
+
+use super::PageCache;
+use super::arena::{PAGE_SIZE, SLAB_PAGES, SlabId};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// Index of a page in a file (file offset / 4096).
+pub type PageIndex = u64;
+
+/// The state of one resident page: bit *b* of a mask is the page's block *b* (a page holds
+/// 4096 / block size blocks: one, two or four).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageState {
+    pub resident: bool,
+    pub uptodate: u8,
+    pub dirty: u8,
+}
+
+/// A 2 MiB-aligned chunk of the file and the slab that holds it.
+#[derive(Debug)]
+struct Chunk {
+    slab: SlabId,
+    pages: Box<[PageState]>,
+    resident: u32,
+    dirty: u32,
+    last_use: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Mapping {
+    chunks: BTreeMap<u64, Chunk>,
+    resident: usize,
+    dirty: usize,
+    /// When the oldest dirty page of the file was dirtied (`None`: nothing dirty).
+    dirty_since: Option<Instant>,
+}
+
+/// No slab was free: the caller must evict or write back first.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NoSlab;
+
+fn split(idx: PageIndex) -> (u64, usize) {
+    (idx / SLAB_PAGES as u64, (idx % SLAB_PAGES as u64) as usize)
+}
+
+impl Mapping {
+    pub fn resident_pages(&self) -> usize {
+        self.resident
+    }
+
+    pub fn dirty_pages(&self) -> usize {
+        self.dirty
+    }
+
+    pub fn dirty_since(&self) -> Option<Instant> {
+        self.dirty_since
+    }
+
+    /// Last use of any chunk (for LRU eviction across files).
+    pub fn last_use(&self) -> u64 {
+        self.chunks.values().map(|c| c.last_use).max().unwrap_or(0)
+    }
+
+    /// The state of page `idx` (all clear when not resident).
+    pub fn state(&self, idx: PageIndex) -> PageState {
+        let (c, p) = split(idx);
+        self.chunks
+            .get(&c)
+            .map(|ch| ch.pages[p])
+            .unwrap_or_default()
+    }
+
+    /// Where page `idx` lives, if its chunk has a slab.
+    pub fn slab_of(&self, idx: PageIndex) -> Option<(SlabId, usize)> {
+        let (c, p) = split(idx);
+        self.chunks.get(&c).map(|ch| (ch.slab, p))
+    }
+
+    /// Make page `idx` resident (its chunk gets a slab if needed) and return where it lives.
+    /// A new page reads as zeros with no block uptodate.
+    pub fn get_or_create(
+        &mut self,
+        pc: &PageCache,
+        idx: PageIndex,
+    ) -> Result<(SlabId, usize), NoSlab> {
+        let (c, p) = split(idx);
+        let tick = pc.tick.fetch_add(1, Ordering::Relaxed);
+        let ch = match self.chunks.entry(c) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let slab = pc.arena.alloc_slab().ok_or(NoSlab)?;
+                e.insert(Chunk {
+                    slab,
+                    pages: vec![PageState::default(); SLAB_PAGES].into_boxed_slice(),
+                    resident: 0,
+                    dirty: 0,
+                    last_use: tick,
+                })
+            }
+        };
+        ch.last_use = tick;
+        if !ch.pages[p].resident {
+            ch.pages[p].resident = true;
+            ch.resident += 1;
+            self.resident += 1;
+            pc.resident.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((ch.slab, p))
+    }
+
+    /// Note a use of the chunk holding `idx` (reads keep chunks young).
+    pub fn touch(&mut self, pc: &PageCache, idx: PageIndex) {
+        let (c, _) = split(idx);
+        if let Some(ch) = self.chunks.get_mut(&c) {
+            ch.last_use = pc.tick.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Set the uptodate bits `mask` of a resident page.
+    pub fn set_uptodate(&mut self, idx: PageIndex, mask: u8) {
+        let (c, p) = split(idx);
+        if let Some(ch) = self.chunks.get_mut(&c) {
+            ch.pages[p].uptodate |= mask;
+        }
+    }
+
+    /// Replace the uptodate bits of a resident page (blocks cut off by a truncate or punch).
+    pub fn set_uptodate_mask(&mut self, idx: PageIndex, mask: u8) {
+        let (c, p) = split(idx);
+        if let Some(ch) = self.chunks.get_mut(&c) {
+            ch.pages[p].uptodate = mask;
+        }
+    }
+
+    /// Mark blocks `mask` of a resident page dirty (and uptodate).
+    pub fn set_dirty(&mut self, pc: &PageCache, idx: PageIndex, mask: u8) {
+        let (c, p) = split(idx);
+        let Some(ch) = self.chunks.get_mut(&c) else {
+            return;
+        };
+        let pg = &mut ch.pages[p];
+        pg.uptodate |= mask;
+        if pg.dirty == 0 && mask != 0 {
+            ch.dirty += 1;
+            self.dirty += 1;
+            pc.dirty.fetch_add(1, Ordering::Relaxed);
+            if self.dirty_since.is_none() {
+                self.dirty_since = Some(Instant::now());
+            }
+        }
+        pg.dirty |= mask;
+    }
+
+    /// Clear the dirty bits `mask` of a page (its data reached the disk).
+    pub fn clear_dirty(&mut self, pc: &PageCache, idx: PageIndex, mask: u8) {
+        let (c, p) = split(idx);
+        let Some(ch) = self.chunks.get_mut(&c) else {
+            return;
+        };
+        let pg = &mut ch.pages[p];
+        if pg.dirty != 0 {
+            pg.dirty &= !mask;
+            if pg.dirty == 0 {
+                ch.dirty -= 1;
+                self.dirty -= 1;
+                pc.dirty.fetch_sub(1, Ordering::Relaxed);
+                if self.dirty == 0 {
+                    self.dirty_since = None;
+                }
+            }
+        }
+    }
+
+    /// Dirty pages in `[from, to)` in file order: (page, dirty mask).
+    pub fn dirty_in(&self, from: PageIndex, to: PageIndex) -> Vec<(PageIndex, u8)> {
+        let mut out = Vec::new();
+        let (c0, _) = split(from);
+        for (&c, ch) in self.chunks.range(c0..) {
+            if c * SLAB_PAGES as u64 >= to {
+                break;
+            }
+            if ch.dirty == 0 {
+                continue;
+            }
+            for (p, pg) in ch.pages.iter().enumerate() {
+                let idx = c * SLAB_PAGES as u64 + p as u64;
+                if pg.dirty != 0 && idx >= from && idx < to {
+                    out.push((idx, pg.dirty));
+                }
+            }
+        }
+        out
+    }
+
+    /// Drop page `idx` whatever its state; returns the state it had.
+    fn drop_page(&mut self, pc: &PageCache, c: u64, p: usize) -> PageState {
+        let Some(ch) = self.chunks.get_mut(&c) else {
+            return PageState::default();
+        };
+        let old = ch.pages[p];
+        if !old.resident {
+            return old;
+        }
+        if old.dirty != 0 {
+            ch.dirty -= 1;
+            self.dirty -= 1;
+            pc.dirty.fetch_sub(1, Ordering::Relaxed);
+        }
+        ch.pages[p] = PageState::default();
+        ch.resident -= 1;
+        self.resident -= 1;
+        pc.resident.fetch_sub(1, Ordering::Relaxed);
+        pc.arena.punch(ch.slab, p, 1);
+        if ch.resident == 0 {
+            let slab = ch.slab;
+            self.chunks.remove(&c);
+            pc.arena.free_slab(slab);
+        }
+        if self.dirty == 0 {
+            self.dirty_since = None;
+        }
+        old
+    }
+
+    /// Drop every page in `[from, to)`, dirty ones included (truncate, punch). Returns how many
+    /// dirty pages were dropped.
+    pub fn drop_range(&mut self, pc: &PageCache, from: PageIndex, to: PageIndex) -> usize {
+        let (c0, _) = split(from);
+        let keys: Vec<u64> = self
+            .chunks
+            .range(c0..)
+            .map(|(&c, _)| c)
+            .take_while(|&c| c * (SLAB_PAGES as u64) < to)
+            .collect();
+        let mut dirty = 0;
+        for c in keys {
+            let first = c * SLAB_PAGES as u64;
+            let lo = from.max(first);
+            let hi = to.min(first + SLAB_PAGES as u64);
+            if lo == first && hi == first + SLAB_PAGES as u64 {
+                // The whole chunk goes: one punch for the slab.
+                if let Some(ch) = self.chunks.remove(&c) {
+                    dirty += ch.dirty as usize;
+                    self.dirty -= ch.dirty as usize;
+                    self.resident -= ch.resident as usize;
+                    pc.dirty.fetch_sub(ch.dirty as usize, Ordering::Relaxed);
+                    pc.resident
+                        .fetch_sub(ch.resident as usize, Ordering::Relaxed);
+                    pc.arena.free_slab(ch.slab);
+                }
+                continue;
+            }
+            for idx in lo..hi {
+                if self.drop_page(pc, c, (idx - first) as usize).dirty != 0 {
+                    dirty += 1;
+                }
+            }
+        }
+        if self.dirty == 0 {
+            self.dirty_since = None;
+        }
+        dirty
+    }
+
+    /// Evict up to `max` clean pages, least recently used chunks first. Returns pages evicted.
+    pub fn evict_clean(&mut self, pc: &PageCache, max: usize) -> usize {
+        let mut order: Vec<(u64, u64)> = self
+            .chunks
+            .iter()
+            .map(|(&c, ch)| (ch.last_use, c))
+            .collect();
+        order.sort_unstable();
+        let mut n = 0;
+        for (_, c) in order {
+            if n >= max {
+                break;
+            }
+            let Some(ch) = self.chunks.get(&c) else {
+                continue;
+            };
+            if ch.dirty == 0 {
+                let resident = ch.resident as usize;
+                if let Some(ch) = self.chunks.remove(&c) {
+                    self.resident -= resident;
+                    pc.resident.fetch_sub(resident, Ordering::Relaxed);
+                    pc.arena.free_slab(ch.slab);
+                }
+                n += resident;
+                continue;
+            }
+            let clean: Vec<usize> = ch
+                .pages
+                .iter()
+                .enumerate()
+                .filter(|(_, pg)| pg.resident && pg.dirty == 0)
+                .map(|(p, _)| p)
+                .collect();
+            for p in clean {
+                if n >= max {
+                    break;
+                }
+                self.drop_page(pc, c, p);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Copy `dst.len()` bytes out of resident page `idx` from byte `off` of the page.
+    pub fn read_page(&self, pc: &PageCache, idx: PageIndex, off: usize, dst: &mut [u8]) {
+        debug_assert!(off + dst.len() <= PAGE_SIZE);
+        match self.slab_of(idx) {
+            Some((slab, p)) if self.state(idx).resident => pc.arena.read(slab, p, off, dst),
+            _ => dst.fill(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_and_resident_counts_follow_every_change() {
+        let pc = PageCache::new(4 << 20, 8).unwrap();
+        let mut m = Mapping::default();
+        let (s, p) = m.get_or_create(&pc, 5).unwrap();
+        pc.arena.write(s, p, 0, b"abc");
+        m.set_dirty(&pc, 5, 1);
+        m.get_or_create(&pc, 600).unwrap();
+        m.set_uptodate(600, 1);
+        assert_eq!((m.resident_pages(), m.dirty_pages()), (2, 1));
+        assert_eq!(pc.dirty_pages(), 1);
+        assert_eq!(m.dirty_in(0, 1000), vec![(5, 1)]);
+        assert!(m.dirty_since().is_some());
+        // Eviction takes only the clean page.
+        assert_eq!(m.evict_clean(&pc, 10), 1);
+        assert_eq!(m.state(600), PageState::default());
+        assert!(m.state(5).resident);
+        m.clear_dirty(&pc, 5, 1);
+        assert_eq!(pc.dirty_pages(), 0);
+        assert!(m.dirty_since().is_none());
+        let mut out = [0u8; 3];
+        m.read_page(&pc, 5, 0, &mut out);
+        assert_eq!(&out, b"abc");
+        assert_eq!(m.drop_range(&pc, 0, u64::MAX), 0);
+        assert_eq!(pc.resident_pages(), 0);
+        assert_eq!(pc.arena.free_slabs(), pc.arena.slab_count() as usize);
+    }
+
+    #[test]
+    fn drop_range_counts_dirty_pages_and_frees_slabs() {
+        let pc = PageCache::new(4 << 20, 8).unwrap();
+        let mut m = Mapping::default();
+        for idx in [0u64, 1, 511, 512, 1030] {
+            m.get_or_create(&pc, idx).unwrap();
+            m.set_dirty(&pc, idx, 0b1111);
+        }
+        assert_eq!(m.drop_range(&pc, 1, 513), 3);
+        assert_eq!(m.dirty_in(0, u64::MAX), vec![(0, 15), (1030, 15)]);
+        assert_eq!(pc.dirty_pages(), 2);
+        assert_eq!(pc.arena.free_slabs(), pc.arena.slab_count() as usize - 2);
+    }
+}
