@@ -41,6 +41,8 @@ pub struct DispatchOptions {
     /// answered with a negative entry (node id 0) valid this long. Zero answers ENOENT instead,
     /// and the kernel asks again next time.
     pub negative_timeout: Duration,
+    /// Commit every change before answering it (the `sync` and `dirsync` mount options).
+    pub sync_changes: bool,
 }
 
 /// The cache timeouts of [`DispatchOptions::exclusive`].
@@ -55,6 +57,7 @@ impl Default for DispatchOptions {
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
             negative_timeout: Duration::ZERO,
+            sync_changes: false,
         }
     }
 }
@@ -384,7 +387,13 @@ impl Dispatcher {
             | Op::Fallocate(_)
             | Op::CopyFileRange(_)
             | Op::CopyFileRange64(_)
-            | Op::Tmpfile { .. } => self.mutation(h, &req.op),
+            | Op::Tmpfile { .. } => {
+                let r = self.mutation(h, &req.op)?;
+                if self.opts.sync_changes {
+                    fs.sync()?;
+                }
+                Ok(r)
+            }
 
             // DAX window: not yet.
             Op::SetupMapping(_) | Op::RemoveMapping(_) => Err(Errno::ENOSYS),
