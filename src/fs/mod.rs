@@ -130,6 +130,8 @@ impl Fs {
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod fstests_fixes_tests;
+#[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
 mod indirect_tests;
