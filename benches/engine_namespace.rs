@@ -52,6 +52,7 @@ fn main() {
         uid: 0,
         gid: 0,
         pid: 1,
+        umask: 0,
     };
     let dir = fs.lookup(ROOT_INO, b"d").expect("the directory").ino;
     let name = |p: &str, i: usize| format!("{p}-{i:06}-some-typical-length").into_bytes();

@@ -38,10 +38,11 @@ cargo test --release --no-fail-fast
 
 # The guest test: a QEMU guest (TCG where KVM is missing) mounts the image over virtiofs (our fs
 # backend) and over virtio-blk (our blk backend, the guest's own ext4, with writes and e2fsck),
-# and compares every file's checksum with the host's. File data writes through virtiofs come with
-# the data path; until then fs is checked read-only.
-step "guest test: vhost-ext4 fs (virtiofs, 2 request queues)"
-bash vm-images/guest-test.sh target/release/vhost-ext4 --modes fs --queues 2 --timeout 600
+# and compares every file's checksum with the host's; both also run a write workload (files from
+# empty to ~20 MiB, overwrites with fsync, truncates, renames) whose result the host checks with
+# e2fsck -fn and a read-back of every file.
+step "guest test: vhost-ext4 fs (virtiofs, 2 request queues, guest writes, e2fsck)"
+bash vm-images/guest-test.sh target/release/vhost-ext4 --modes fs --queues 2 --write --timeout 600
 step "guest test: vhost-ext4 blk (guest ext4, writes, e2fsck)"
 bash vm-images/guest-test.sh target/release/vhost-ext4 --modes blk --write --timeout 600
 step "guest test: namespace changes over virtiofs, then e2fsck -fn on the host"

@@ -79,9 +79,14 @@ enum Command {
         image: PathBuf,
         /// Where to mount it.
         mountpoint: PathBuf,
-        /// Serve the image read-only.
+        /// Serve the image read-only (the same as `-o ro`).
         #[arg(long)]
         read_only: bool,
+        /// mount(8)-style options, comma-separated, with the kernel's meaning: ro, rw, noatime,
+        /// relatime, strictatime, nodiratime, lazytime, dev/nodev, suid/nosuid, exec/noexec,
+        /// sync, dirsync, fsname=NAME, subtype=NAME (empty: the type is plain `fuse`).
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
         /// Worker threads reading /dev/fuse (default: CPUs, at most 8).
         #[arg(long)]
         threads: Option<usize>,
@@ -185,10 +190,19 @@ fn run_mount(
     image: &Path,
     mountpoint: &Path,
     read_only: bool,
+    options: &[String],
     threads: Option<usize>,
     commit_interval: u64,
     cache_size: u64,
 ) -> Result<(), String> {
+    let mut cfg = MountConfig::new(image.to_string_lossy(), read_only);
+    for o in options {
+        fuse::options::apply(&mut cfg, o)?;
+    }
+    if read_only {
+        cfg.flags |= libc::MS_RDONLY;
+    }
+    let read_only = cfg.read_only();
     // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
     let sigset = block_signals();
     let dev = FileDevice::open(image, read_only).map_err(|e| sentence(&e.to_string()))?;
@@ -205,11 +219,13 @@ fn run_mount(
 
     // We hold the image exclusively and every change comes through this mount: the kernel may
     // cache names, attributes and negative lookups for long.
-    let dispatcher = Arc::new(Dispatcher::new(
-        Arc::clone(&fs),
-        DispatchOptions::exclusive(Transport::DevFuse),
-    ));
-    let cfg = MountConfig::new(image.to_string_lossy(), ro);
+    let mut dopts = DispatchOptions::exclusive(Transport::DevFuse);
+    // sync and dirsync: every change is committed before it is answered, as ext4 does.
+    dopts.sync_changes = cfg.flags & (libc::MS_SYNCHRONOUS | libc::MS_DIRSYNC) != 0;
+    let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&fs), dopts));
+    if ro {
+        cfg.flags |= libc::MS_RDONLY;
+    }
     let session = fuse::mount(mountpoint, &cfg).map_err(|e| sentence(&e.to_string()))?;
     spawn_signal_thread(sigset, mountpoint.to_path_buf(), Arc::clone(&fs));
 
@@ -269,6 +285,7 @@ fn main() -> ExitCode {
             image,
             mountpoint,
             read_only,
+            options,
             threads,
             commit_interval,
             cache_size,
@@ -279,6 +296,7 @@ fn main() -> ExitCode {
                 &image,
                 &mountpoint,
                 read_only,
+                &options,
                 threads,
                 commit_interval,
                 cache_size,

@@ -137,6 +137,8 @@ impl Fs {
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod fstests_fixes_tests;
+#[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
 mod indirect_tests;

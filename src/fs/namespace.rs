@@ -74,6 +74,7 @@ impl Fs {
     /// Allocate and initialize a new inode (not yet linked anywhere).
     fn new_inode(&self, parent: Ino, pdir: &Inode, mode: u32, ctx: &Ctx) -> Result<(Ino, Inode)> {
         let is_dir = mode & inode::S_IFMT == inode::S_IFDIR;
+        let (mode, acls) = self.inherit_acl(parent, pdir, mode, ctx.umask)?;
         let ino = self.alloc.alloc_inode(self, parent, is_dir)?;
         // The number may be reused: nothing cached about a former owner may survive.
         self.es.forget_inode(ino);
@@ -112,6 +113,11 @@ impl Fs {
         {
             i.flags |= flags::EXTENTS;
             ExtentTree::init_empty(&mut i.block);
+        }
+        if !acls.is_empty()
+            && let Err(e) = self.store_xattrs(ino, &mut i, acls)
+        {
+            return Err(self.undo_new_inode(ino, &mut i, e));
         }
         Ok((ino, i))
     }
@@ -410,7 +416,21 @@ impl Fs {
         newname: &[u8],
         flags_: u32,
     ) -> Result<()> {
-        let r = self.rename_locked(parent, name, newparent, newname, flags_);
+        self.rename_as(parent, name, newparent, newname, flags_, &Ctx::default())
+    }
+
+    /// rename2 on behalf of `ctx`, who owns the whiteout `RENAME_WHITEOUT` leaves at the old
+    /// name (a character device 0:0, made in the same change, as ext4 does).
+    pub fn rename_as(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags_: u32,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        let r = self.rename_locked(parent, name, newparent, newname, flags_, ctx);
         self.reap_deferred();
         r
     }
@@ -422,16 +442,18 @@ impl Fs {
         newparent: Ino,
         newname: &[u8],
         flags_: u32,
+        ctx: &Ctx,
     ) -> Result<()> {
         self.writable()?;
         check_name(name)?;
         check_name(newname)?;
-        if flags_ & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
+        if flags_ & !(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) != 0 {
             return Err(Errno::EINVAL);
         }
-        if flags_ & RENAME_NOREPLACE != 0 && flags_ & RENAME_EXCHANGE != 0 {
+        if flags_ & RENAME_EXCHANGE != 0 && flags_ & (RENAME_NOREPLACE | RENAME_WHITEOUT) != 0 {
             return Err(Errno::EINVAL);
         }
+        let whiteout = flags_ & RENAME_WHITEOUT != 0;
         let _g = self.ns_write();
         let mut src_dir = self.dir_for_change(parent)?;
         let src = self.find_entry(parent, &src_dir, name)?;
@@ -534,12 +556,25 @@ impl Fs {
                 ft_of(src_i.mode as u32),
             )?;
         }
-        // Remove the old name (from the newest copy of the source directory).
+        // Remove the old name (from the newest copy of the source directory), or point it at a
+        // new whiteout.
+        {
+            let cur = if same_dir { &mut dst_dir } else { &mut src_dir };
+            if whiteout {
+                let (wino, mut wi) = self.new_inode(parent, cur, inode::S_IFCHR, ctx)?;
+                wi.block = [0; I_BLOCK_LEN];
+                if let Err(e) = self.store_inode(wino, &wi) {
+                    return Err(self.undo_new_inode(wino, &mut wi, e));
+                }
+                if let Err(e) = self.retarget_entry(parent, cur, name, wino, dirent::FT_CHRDEV) {
+                    return Err(self.undo_new_inode(wino, &mut wi, e));
+                }
+            } else {
+                self.remove_entry(parent, cur, name)?;
+            }
+        }
         if same_dir {
-            self.remove_entry(parent, &mut dst_dir, name)?;
             src_dir = dst_dir.clone();
-        } else {
-            self.remove_entry(parent, &mut src_dir, name)?;
         }
         if src_i.is_dir() && !same_dir {
             self.set_dotdot(src, &mut src_i, newparent)?;
@@ -673,6 +708,7 @@ impl Fs {
         if let Some(mode) = s.mode {
             i.mode = ((i.mode as u32 & inode::S_IFMT) | (mode & 0o7777)) as u16;
             i.ctime = t;
+            self.acl_chmod(ino, &mut i)?;
         }
         if let Some(uid) = s.uid {
             i.uid = uid;

@@ -3,7 +3,7 @@
 
 use super::Fs;
 use super::dir::Listing;
-use super::types::{Attr, Ctx, DirEntry, Ino, SEEK_DATA, SEEK_HOLE, StatFs};
+use super::types::{Attr, Ctx, DirEntry, Ino, ROOT_INO, SEEK_DATA, SEEK_HOLE, StatFs};
 use crate::errno::{Errno, Result};
 use crate::ondisk::group::layout;
 use crate::ondisk::inode::{Inode, S_IFDIR};
@@ -18,12 +18,54 @@ impl Fs {
     /// Find `name` in directory `parent`; counts one lookup reference on the result.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
         let _g = self.ns_read();
+        if name == b"." {
+            // An NFS-style file handle names an inode by number (FUSE EXPORT_SUPPORT): it must
+            // still be in use, or the handle is stale (ENOENT, which the kernel answers ESTALE).
+            let inode = self.read_live_inode(parent)?;
+            self.count_lookup_ref(parent);
+            return Ok(self.attr_of(parent, &inode));
+        }
         let dir = self.read_inode(parent)?;
-        let ino = self.find_entry(parent, &dir, name)?;
+        let ino = if name == b".." {
+            // The parent of a directory found through a handle.
+            let dir = self.read_live_inode(parent)?;
+            if !dir.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            self.dotdot(parent, &dir)?
+        } else {
+            self.find_entry(parent, &dir, name)?
+        };
         let inode = self.read_inode(ino)?;
         let mut lk = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
         *lk.entry(ino).or_insert(0) += 1;
         Ok(self.attr_of(ino, &inode))
+    }
+
+    /// An inode a client may name by number: allocated, and linked or still referenced.
+    fn read_live_inode(&self, ino: Ino) -> Result<Inode> {
+        let first = self.sb.first_ino as u64;
+        if ino == 0 || ino > self.sb.inodes_count as u64 || (ino < first && ino != ROOT_INO) {
+            return Err(Errno::ENOENT);
+        }
+        // Look at the raw mode and link count first: a free inode is no corruption here (the
+        // checks in read_inode would call it one).
+        let (block, off) = self.inode_location(ino)?;
+        let data = self.read_meta_block(block)?;
+        let raw = data.get(off..off + 0x1c).ok_or(Errno::EIO)?;
+        let (mode, links) = (
+            u16::from_le_bytes([raw[0], raw[1]]),
+            u16::from_le_bytes([raw[0x1a], raw[0x1b]]),
+        );
+        if mode == 0 || (links == 0 && self.lookup_count(ino) == 0) {
+            return Err(Errno::ENOENT);
+        }
+        self.read_inode(ino)
+    }
+
+    fn count_lookup_ref(&self, ino: Ino) {
+        let mut lk = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        *lk.entry(ino).or_insert(0) += 1;
     }
 
     /// Look `name` up in `parent` without counting a reference (permission checks, tools).

@@ -88,6 +88,7 @@ pub(super) fn ctx() -> Ctx {
         uid: 0,
         gid: 0,
         pid: 1,
+        umask: 0,
     }
 }
 

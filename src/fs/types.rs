@@ -63,6 +63,9 @@ pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// Permission bits a create clears when the directory has no default ACL (FUSE
+    /// `DONT_MASK`: the daemon applies the umask); 0 when the caller applied it already.
+    pub umask: u32,
 }
 
 /// `lseek` whence values the file system answers itself.

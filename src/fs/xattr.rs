@@ -143,14 +143,37 @@ impl Fs {
         if value.len() > XATTR_SIZE_MAX {
             return Err(Errno::E2BIG);
         }
-        self.change_xattr(ino, name, Some(value), flags)
+        self.change_xattr(ino, name, Some(value), flags, false)
+    }
+
+    /// `setxattr` of a `system.posix_acl_access` value that also clears the set-group-ID bit, in
+    /// the same change: FUSE's `SETXATTR_ACL_KILL_SGID`, sent when the caller is not in the
+    /// file's group (the kernel's `posix_acl_update_mode` rule).
+    pub fn setxattr_kill_sgid(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Errno::E2BIG);
+        }
+        self.change_xattr(ino, name, Some(value), flags, true)
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        self.change_xattr(ino, name, None, 0)
+        self.change_xattr(ino, name, None, 0, false)
     }
 
-    fn change_xattr(&self, ino: Ino, name: &[u8], value: Option<&[u8]>, flags: u32) -> Result<()> {
+    fn change_xattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: Option<&[u8]>,
+        flags: u32,
+        kill_sgid: bool,
+    ) -> Result<()> {
         if self.is_read_only() {
             return Err(Errno::EROFS);
         }
@@ -201,7 +224,11 @@ impl Fs {
         let _g = self.ns_write();
         let mut inode = self.read_inode(ino)?;
         if let Some(m) = acl_mode {
-            inode.mode = ((inode.mode as u32 & !0o777) | m) as u16;
+            let mut mode = (inode.mode as u32 & !0o777) | m;
+            if kill_sgid {
+                mode &= !libc::S_ISGID;
+            }
+            inode.mode = mode as u16;
         }
         if index == INDEX_ACL_DEFAULT && !inode.is_dir() && stored.is_some() {
             return Err(Errno::EACCES);
@@ -233,7 +260,12 @@ impl Fs {
     }
 
     /// Place `list` in the inode body (first, `system.data` always) and the xattr block.
-    fn store_xattrs(&self, ino: Ino, inode: &mut Inode, list: Vec<NewEntry>) -> Result<()> {
+    pub(super) fn store_xattrs(
+        &self,
+        ino: Ino,
+        inode: &mut Inode,
+        list: Vec<NewEntry>,
+    ) -> Result<()> {
         let start = 128 + inode.extra_isize as usize;
         let region_len = inode.raw.len().saturating_sub(start);
         let (mut body, mut rest): (Vec<NewEntry>, Vec<NewEntry>) =
@@ -333,5 +365,112 @@ impl Fs {
         // Magic, the other entries and their values, the "data" entry, the terminator.
         let need = 4 + used + xa::entry_len(4) + 4;
         Ok(region_len.checked_sub(need).map(|free| free & !3))
+    }
+}
+
+/// `posix_acl_create_masq`: restrict a new inode's access ACL (a copy of the directory's default
+/// ACL) and its permission bits to each other. True when the ACL says more than the mode (named
+/// entries or a mask), so it must be stored.
+fn create_masq(entries: &mut [acl::AclEntry], mode: &mut u32) -> bool {
+    let mut not_equiv = false;
+    let (mut group_obj, mut mask_obj) = (None, None);
+    for (k, e) in entries.iter_mut().enumerate() {
+        match e.0 {
+            acl::ACL_USER_OBJ => {
+                e.1 &= ((*mode >> 6) & 7) as u16;
+                *mode &= ((e.1 as u32) << 6) | !0o700;
+            }
+            acl::ACL_USER | acl::ACL_GROUP => not_equiv = true,
+            acl::ACL_GROUP_OBJ => group_obj = Some(k),
+            acl::ACL_OTHER => {
+                e.1 &= (*mode & 7) as u16;
+                *mode &= e.1 as u32 | !0o007;
+            }
+            acl::ACL_MASK => {
+                mask_obj = Some(k);
+                not_equiv = true;
+            }
+            _ => {}
+        }
+    }
+    if let Some(k) = mask_obj.or(group_obj) {
+        let e = &mut entries[k];
+        e.1 &= ((*mode >> 3) & 7) as u16;
+        *mode &= ((e.1 as u32) << 3) | !0o070;
+    }
+    not_equiv
+}
+
+impl Fs {
+    /// What a new inode in directory `dir` starts with (ext4_init_acl / posix_acl_create): with a
+    /// default ACL on `dir`, the mode restricted by it, and the ACLs to store (a directory also
+    /// inherits the default ACL itself); without one, the mode less `umask`. Symlinks keep their
+    /// mode and get no ACL.
+    pub(super) fn inherit_acl(
+        &self,
+        dir: Ino,
+        pdir: &Inode,
+        mode: u32,
+        umask: u32,
+    ) -> Result<(u32, Vec<NewEntry>)> {
+        let ft = mode & crate::ondisk::inode::S_IFMT;
+        if ft == crate::ondisk::inode::S_IFLNK {
+            return Ok((mode, Vec::new()));
+        }
+        let masked = mode & !(umask & 0o777);
+        let default = match self.get_xattr(dir, pdir, b"system.posix_acl_default") {
+            Ok(v) => v,
+            Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => return Ok((masked, Vec::new())),
+            Err(e) => return Err(e),
+        };
+        let entries = match acl::parse_xattr(&default) {
+            Ok(e) if !e.is_empty() && acl::validate(&e).is_ok() => e,
+            _ => return Ok((masked, Vec::new())),
+        };
+        let mut out = Vec::new();
+        if ft == crate::ondisk::inode::S_IFDIR {
+            out.push((INDEX_ACL_DEFAULT, Vec::new(), acl::encode_disk(&entries)));
+        }
+        let mut access = entries;
+        let mut mode = mode;
+        if create_masq(&mut access, &mut mode) {
+            out.push((INDEX_ACL_ACCESS, Vec::new(), acl::encode_disk(&access)));
+        }
+        Ok((mode, out))
+    }
+
+    /// `posix_acl_chmod`: after a mode change, the access ACL's owner, group-class (the mask, or
+    /// the owning group without one) and other entries follow the new permission bits. The
+    /// caller holds the namespace lock and stores the inode.
+    pub(super) fn acl_chmod(&self, ino: Ino, inode: &mut Inode) -> Result<()> {
+        let current = self.xattr_entries(ino, inode)?;
+        let Some(pos) = current
+            .iter()
+            .position(|e| e.index == INDEX_ACL_ACCESS && e.name.is_empty())
+        else {
+            return Ok(());
+        };
+        if current.iter().any(|e| e.value_inum != 0) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let mut entries = acl::parse_disk(&current[pos].value)
+            .map_err(|m| crate::corrupt!("inode {ino}: ACL: {m}"))?;
+        let mode = inode.mode as u32;
+        let has_mask = entries.iter().any(|e| e.0 == acl::ACL_MASK);
+        for e in entries.iter_mut() {
+            match e.0 {
+                acl::ACL_USER_OBJ => e.1 = ((mode >> 6) & 7) as u16,
+                acl::ACL_MASK => e.1 = ((mode >> 3) & 7) as u16,
+                acl::ACL_GROUP_OBJ if !has_mask => e.1 = ((mode >> 3) & 7) as u16,
+                acl::ACL_OTHER => e.1 = (mode & 7) as u16,
+                _ => {}
+            }
+        }
+        let mut list: Vec<NewEntry> = current
+            .into_iter()
+            .map(|e| (e.index, e.name, e.value))
+            .collect();
+        list[pos].2 = acl::encode_disk(&entries);
+        self.store_xattrs(ino, inode, list)
     }
 }

@@ -19,16 +19,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread;
 
-/// The file system type shown in /proc/mounts.
-pub const FS_TYPE: &str = "fuse.vhost-ext4";
+/// The file system subtype shown in /proc/mounts by default (the type is `fuse.vhost-ext4`).
+pub const SUBTYPE: &str = "vhost-ext4";
 
 /// How to mount.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
-    /// The mount's source, shown in /proc/mounts: the image path.
+    /// The mount's source, shown in /proc/mounts and by df: the image path, or `fsname=`.
     pub source: String,
-    /// Mount read-only (`MS_RDONLY` and `ro`).
-    pub read_only: bool,
+    /// The type is `fuse.SUBTYPE`, or plain `fuse` without one.
+    pub subtype: Option<String>,
+    /// mount(2) flags (`MS_RDONLY`, `MS_NOSUID`, `MS_NOATIME`, ...), from the `-o` options.
+    pub flags: libc::c_ulong,
     /// Let users other than the mounter in (`allow_other`).
     pub allow_other: bool,
     /// Let the kernel check permissions from the file modes (`default_permissions`).
@@ -39,9 +41,23 @@ impl MountConfig {
     pub fn new(source: impl Into<String>, read_only: bool) -> MountConfig {
         MountConfig {
             source: source.into(),
-            read_only,
+            subtype: Some(SUBTYPE.to_string()),
+            flags: if read_only { libc::MS_RDONLY } else { 0 },
             allow_other: true,
             default_permissions: true,
+        }
+    }
+
+    /// Mounted read-only (`MS_RDONLY`).
+    pub fn read_only(&self) -> bool {
+        self.flags & libc::MS_RDONLY != 0
+    }
+
+    /// The kernel file system type: `fuse` or `fuse.SUBTYPE`.
+    pub fn fs_type(&self) -> String {
+        match &self.subtype {
+            Some(s) => format!("fuse.{s}"),
+            None => "fuse".to_string(),
         }
     }
 
@@ -55,9 +71,6 @@ impl MountConfig {
         }
         if self.default_permissions {
             s.push_str(",default_permissions");
-        }
-        if self.read_only {
-            s.push_str(",ro");
         }
         s
     }
@@ -110,11 +123,8 @@ pub fn mount(mountpoint: &Path, opts: &MountConfig) -> io::Result<DevFuse> {
     let data = cstring(opts.mount_data(fd.as_raw_fd()).as_bytes(), "mount data")?;
     let source = cstring(opts.source.as_bytes(), "the image path")?;
     let target = cstring(mountpoint.as_os_str().as_bytes(), "the mount point")?;
-    let fstype = cstring(FS_TYPE.as_bytes(), "the file system type")?;
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-    if opts.read_only {
-        flags |= libc::MS_RDONLY;
-    }
+    let fstype = cstring(opts.fs_type().as_bytes(), "the file system type")?;
+    let flags = opts.flags;
     // SAFETY: all four strings are valid NUL-terminated C strings that outlive the call; the data
     // argument is a C string, as the fuse file system expects.
     let rc = unsafe {
@@ -134,10 +144,11 @@ pub fn mount(mountpoint: &Path, opts: &MountConfig) -> io::Result<DevFuse> {
         ));
     }
     info!(
-        "fuse: mounted {} on {} ({})",
+        "fuse: mounted {} on {} ({}, {})",
         opts.source,
         mountpoint.display(),
-        if opts.read_only { "ro" } else { "rw" }
+        opts.fs_type(),
+        if opts.read_only() { "ro" } else { "rw" }
     );
     Ok(DevFuse {
         fd: Arc::new(fd),
@@ -215,15 +226,26 @@ impl DevFuse {
                 })?;
         }
         drop(tx);
-        // Ends when every worker has sent its result (and dropped its sender).
+        // Ends when every worker has sent its result (and dropped its sender): the caller flushes
+        // the file system next, so no worker may still be dispatching then.
+        let mut failed = None;
         for r in rx {
-            if let Err(e) = r {
+            if let Err(e) = r
+                && failed.is_none()
+            {
                 error!("fuse: serving {} failed: {e}", self.mountpoint.display());
-                if let Err(u) = unmount(&self.mountpoint) {
-                    warn!("fuse: detaching {} failed: {u}", self.mountpoint.display());
+                // Detach the mount so the others' reads end too. It may be gone already (EINVAL:
+                // not a mount point any more), which is what we want anyway.
+                match unmount(&self.mountpoint) {
+                    Ok(()) => {}
+                    Err(u) if u.raw_os_error() == Some(libc::EINVAL) => {}
+                    Err(u) => warn!("fuse: detaching {} failed: {u}", self.mountpoint.display()),
                 }
-                return Err(e);
+                failed = Some(e);
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         info!("fuse: {} unmounted", self.mountpoint.display());
         Ok(())
@@ -260,8 +282,10 @@ fn worker(fd: RawFd, d: &Dispatcher, bufsize: usize) -> io::Result<()> {
             Err(e) => match e.raw_os_error() {
                 // Interrupted, or the request vanished (interrupted) before we read it.
                 Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOENT) => continue,
-                // The file system was unmounted (or the connection aborted).
-                Some(libc::ENODEV) => return Ok(()),
+                // The file system was unmounted (ENODEV), or the connection was aborted
+                // (ECONNABORTED: `umount -f`, the fusectl abort file, or the kernel's request
+                // timeout): either way nothing more will come.
+                Some(libc::ENODEV) | Some(libc::ECONNABORTED) => return Ok(()),
                 _ => return Err(e),
             },
         };
@@ -298,8 +322,9 @@ mod tests {
         let mut c = MountConfig::new("/img", true);
         let s = c.mount_data(5);
         assert!(s.starts_with("fd=5,rootmode=40000,user_id="));
-        assert!(s.ends_with(",allow_other,default_permissions,ro"));
-        c.read_only = false;
+        assert!(s.ends_with(",allow_other,default_permissions"));
+        assert!(c.read_only());
+        assert_eq!(c.fs_type(), "fuse.vhost-ext4");
         c.allow_other = false;
         assert!(c.mount_data(7).ends_with(",default_permissions"));
     }

@@ -41,6 +41,8 @@ pub struct DispatchOptions {
     /// answered with a negative entry (node id 0) valid this long. Zero answers ENOENT instead,
     /// and the kernel asks again next time.
     pub negative_timeout: Duration,
+    /// Commit every change before answering it (the `sync` and `dirsync` mount options).
+    pub sync_changes: bool,
 }
 
 /// The cache timeouts of [`DispatchOptions::exclusive`].
@@ -55,6 +57,7 @@ impl Default for DispatchOptions {
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
             negative_timeout: Duration::ZERO,
+            sync_changes: false,
         }
     }
 }
@@ -82,9 +85,14 @@ pub const MAX_PAGES: u16 = 256;
 /// The page size the FUSE request limits are counted in.
 pub const PAGE_SIZE: usize = 4096;
 
-/// INIT flags we accept when the kernel offers them. POSIX_ACL and HANDLE_KILLPRIV_V2 wait for
-/// the engine to support them; SETXATTR_EXT, SECURITY_CTX, … are not needed.
+/// INIT flags we accept when the kernel offers them. With POSIX_ACL the kernel checks and caches
+/// ACLs, and with DONT_MASK it leaves the umask to us (the engine applies it, or a directory's
+/// default ACL instead); SETXATTR_EXT carries SETXATTR_ACL_KILL_SGID. HANDLE_KILLPRIV_V2 waits
+/// for the data path; SECURITY_CTX, … are not needed.
 const WANTED_INIT_FLAGS: u64 = init_flags::ASYNC_READ
+    | init_flags::POSIX_ACL
+    | init_flags::DONT_MASK
+    | init_flags::SETXATTR_EXT
     | init_flags::BIG_WRITES
     | init_flags::DO_READDIRPLUS
     | init_flags::READDIRPLUS_AUTO
@@ -261,6 +269,7 @@ impl Dispatcher {
                 uid: h.uid,
                 gid: h.gid,
                 pid: h.pid,
+                umask: 0,
             };
             super::permission::check(fs, ino, &req.op, &ctx, ino_of)?;
         }
@@ -362,6 +371,7 @@ impl Dispatcher {
                     uid: h.uid,
                     gid: h.gid,
                     pid: h.pid,
+                    umask: 0,
                 };
                 fs.access(ino, a.mask, &ctx)?;
                 Ok(Some(reply::empty(unique)))
@@ -392,7 +402,20 @@ impl Dispatcher {
             | Op::Fallocate(_)
             | Op::CopyFileRange(_)
             | Op::CopyFileRange64(_)
-            | Op::Tmpfile { .. } => self.mutation(h, &req.op),
+            | Op::Tmpfile { .. } => {
+                let r = self.mutation(h, &req.op)?;
+                if self.opts.sync_changes {
+                    match &req.op {
+                        // Data changes reach the disk too (O_SYNC semantics).
+                        Op::Write { .. } | Op::Fallocate(_) => fs.fsync(ino, false)?,
+                        Op::CopyFileRange(c) | Op::CopyFileRange64(c) => {
+                            fs.fsync(ino_of(c.nodeid_out), false)?
+                        }
+                        _ => fs.sync()?,
+                    }
+                }
+                Ok(r)
+            }
 
             // DAX window: not yet.
             Op::SetupMapping(_) | Op::RemoveMapping(_) => Err(Errno::ENOSYS),
@@ -421,10 +444,18 @@ impl Dispatcher {
         let fs = &*self.fs;
         let unique = h.unique;
         let ino = ino_of(h.nodeid);
+        let umask = match op {
+            _ if self.flags.load(Ordering::Acquire) & init_flags::DONT_MASK == 0 => 0,
+            Op::Mknod { arg, .. } => arg.umask,
+            Op::Mkdir { arg, .. } => arg.umask,
+            Op::Create { arg, .. } | Op::Tmpfile { arg, .. } => arg.umask,
+            _ => 0,
+        };
         let ctx = Ctx {
             uid: h.uid,
             gid: h.gid,
             pid: h.pid,
+            umask,
         };
         match op {
             Op::Setattr(s) => {
@@ -437,7 +468,7 @@ impl Dispatcher {
             Op::Symlink { name, target } => Ok(Some(
                 self.entry_reply(unique, &fs.symlink(ino, name, target, &ctx)?),
             )),
-            // The kernel applied the umask already (we do not negotiate DONT_MASK).
+            // With DONT_MASK the engine applies the umask (or the default ACL): ctx.umask.
             Op::Mknod { arg, name } => Ok(Some(
                 self.entry_reply(unique, &fs.mknod(ino, name, arg.mode, arg.rdev, &ctx)?),
             )),
@@ -457,7 +488,7 @@ impl Dispatcher {
                 Ok(Some(reply::empty(unique)))
             }
             Op::Rename2 { arg, old, new } => {
-                fs.rename(ino, old, ino_of(arg.newdir), new, arg.flags)?;
+                fs.rename_as(ino, old, ino_of(arg.newdir), new, arg.flags, &ctx)?;
                 Ok(Some(reply::empty(unique)))
             }
             Op::Link { arg, name } => Ok(Some(
@@ -474,7 +505,11 @@ impl Dispatcher {
                 self.open_created(unique, &a, flags).map(Some)
             }
             Op::Setxattr { arg, name, value } => {
-                fs.setxattr(ino, name, value, arg.flags)?;
+                if arg.setxattr_flags & abi::SETXATTR_ACL_KILL_SGID != 0 {
+                    fs.setxattr_kill_sgid(ino, name, value, arg.flags)?;
+                } else {
+                    fs.setxattr(ino, name, value, arg.flags)?;
+                }
                 Ok(Some(reply::empty(unique)))
             }
             Op::Removexattr { name } => {
@@ -930,7 +965,15 @@ pub(crate) mod tests {
         assert_eq!(out.major, 7);
         assert_eq!(out.minor, abi::KERNEL_MINOR_VERSION);
         assert_eq!(out.flags, WANTED_INIT_FLAGS);
-        assert_eq!(out.flags & init_flags::POSIX_ACL, 0);
+        // ACLs and the umask are ours; file handles work (EXPORT_SUPPORT).
+        for f in [
+            init_flags::POSIX_ACL,
+            init_flags::DONT_MASK,
+            init_flags::SETXATTR_EXT,
+            init_flags::EXPORT_SUPPORT,
+        ] {
+            assert_ne!(out.flags & f, 0, "{f:#x}");
+        }
         assert_eq!(out.flags & init_flags::WRITEBACK_CACHE, 0);
         assert_eq!(out.max_pages, 256);
         assert_eq!(out.max_write, 1 << 20);
@@ -1132,7 +1175,12 @@ pub(crate) mod tests {
             (opcode::WRITE, vec![&write, b"hi"]),
             (
                 opcode::SETXATTR,
-                vec![&[1, 0, 0, 0, 0, 0, 0, 0], b"user.x\0", b"v"],
+                // SETXATTR_EXT is negotiated: the extended 16-byte header.
+                vec![
+                    &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    b"user.x\0",
+                    b"v",
+                ],
             ),
             (opcode::REMOVEXATTR, vec![b"user.x\0"]),
             (opcode::CREATE, vec![&create, b"c\0"]),

@@ -160,11 +160,13 @@ mod tests {
             uid: 0,
             gid: 0,
             pid: 1,
+            umask: 0,
         };
         let user = Ctx {
             uid: 1000,
             gid: 1000,
             pid: 2,
+            umask: 0,
         };
         let mk = Op::Mkdir {
             arg: abi::MkdirIn {

@@ -25,5 +25,15 @@ vhe_write_workload() (
     chmod 600 data/small.txt
     echo "new file" >"names/with space/new file"
     rm data/hard2
+    # file data at many sizes: empty, unaligned, ~20 MiB, with overwrites (fsynced) inside it
+    : >new/zero-length
+    dd if=new/big.txt of=new/unaligned bs=1000 count=777 conv=fsync 2>/dev/null
+    seq 1 3000000 >new/huge.txt
+    dd if=new/big.txt of=new/huge.txt bs=4096 seek=1000 count=50 conv=notrunc,fsync 2>/dev/null
+    for off in 7 123457 5000001 9999999 17000003; do
+        printf 'overwrite-%s' $off | dd of=new/huge.txt bs=1 seek=$off conv=notrunc,fsync 2>/dev/null
+    done
+    dd if=new/huge.txt of=new/copy-tail bs=65536 skip=100 count=40 2>/dev/null
+    truncate -s 3333333 new/copy-tail
     sync
 )

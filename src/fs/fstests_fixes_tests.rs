@@ -1,0 +1,260 @@
+//! Engine behaviour fstests exercises through FUSE: default-ACL inheritance and the umask
+//! (FUSE DONT_MASK), chmod updating the access ACL, setfacl clearing set-group-ID, lookups of
+//! "." and ".." by inode number (file handles), and RENAME_WHITEOUT. Every image ends e2fsck-clean,
+//! and the kernel's ext4 reads back what the engine wrote.
+
+use super::testutil::*;
+use super::*;
+use crate::ondisk::acl;
+use std::path::Path;
+
+fn new_image(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = dir.join("img");
+    mkfs(&src, &img, &["-O", "^has_journal", "-t", "ext4"], "32M");
+    img
+}
+
+fn xattr_acl(entries: &[acl::AclEntry]) -> Vec<u8> {
+    acl::encode_xattr(entries)
+}
+
+fn user(umask: u32) -> Ctx {
+    Ctx {
+        uid: 1000,
+        gid: 1000,
+        pid: 2,
+        umask,
+    }
+}
+
+const U: u32 = acl::ACL_UNDEFINED_ID;
+
+#[test]
+fn creates_apply_the_umask_or_inherit_the_default_acl() {
+    let t = tempfile::tempdir().unwrap();
+    let img = new_image(t.path());
+    let fs = mount_rw(&img);
+    // No default ACL: the umask applies (the daemon's job under DONT_MASK).
+    let plain = fs.mkdir(ROOT_INO, b"plain", 0o777, &user(0o022)).unwrap();
+    assert_eq!(plain.mode & 0o7777, 0o755);
+    let f = fs
+        .mknod(plain.ino, b"f", libc::S_IFREG | 0o666, 0, &user(0o027))
+        .unwrap();
+    assert_eq!(f.mode & 0o7777, 0o640);
+    let l = fs.symlink(plain.ino, b"l", b"f", &user(0o077)).unwrap();
+    assert_eq!(l.mode & 0o777, 0o777, "symlinks ignore the umask");
+
+    // A default ACL with a named user and a mask: the umask is ignored, the mode is masked by
+    // the ACL, the file gets an access ACL and a subdirectory the default ACL too.
+    let d = fs.mkdir(ROOT_INO, b"acl", 0o755, &ctx()).unwrap();
+    let default = [
+        (acl::ACL_USER_OBJ, 7, U),
+        (acl::ACL_USER, 5, 2000),
+        (acl::ACL_GROUP_OBJ, 5, U),
+        (acl::ACL_MASK, 5, U),
+        (acl::ACL_OTHER, 0, U),
+    ];
+    fs.setxattr(d.ino, b"system.posix_acl_default", &xattr_acl(&default), 0)
+        .unwrap();
+    let f = fs
+        .mknod(d.ino, b"f", libc::S_IFREG | 0o666, 0, &user(0o077))
+        .unwrap();
+    assert_eq!(
+        f.mode & 0o7777,
+        0o640,
+        "0666 masked by u::rwx, m::r-x, o::---"
+    );
+    let got = fs.getxattr(f.ino, b"system.posix_acl_access").unwrap();
+    let got = acl::parse_xattr(&got).unwrap();
+    assert!(got.contains(&(acl::ACL_USER, 5, 2000)));
+    assert!(got.contains(&(acl::ACL_USER_OBJ, 6, U)));
+    assert!(got.contains(&(acl::ACL_MASK, 4, U)));
+    assert_eq!(
+        fs.getxattr(f.ino, b"system.posix_acl_default"),
+        Err(Errno::ENODATA),
+        "files get no default ACL"
+    );
+    let sub = fs.mkdir(d.ino, b"sub", 0o777, &user(0o077)).unwrap();
+    assert_eq!(sub.mode & 0o777, 0o750);
+    let inherited = fs.getxattr(sub.ino, b"system.posix_acl_default").unwrap();
+    assert_eq!(acl::parse_xattr(&inherited).unwrap(), default.to_vec());
+
+    // A default ACL without named entries: the mode alone says it all, no access ACL is stored.
+    let d2 = fs.mkdir(ROOT_INO, b"min", 0o755, &ctx()).unwrap();
+    let minimal = [
+        (acl::ACL_USER_OBJ, 6, U),
+        (acl::ACL_GROUP_OBJ, 4, U),
+        (acl::ACL_OTHER, 4, U),
+    ];
+    fs.setxattr(d2.ino, b"system.posix_acl_default", &xattr_acl(&minimal), 0)
+        .unwrap();
+    let f2 = fs
+        .mknod(d2.ino, b"f", libc::S_IFREG | 0o777, 0, &user(0o077))
+        .unwrap();
+    assert_eq!(f2.mode & 0o777, 0o644);
+    assert_eq!(
+        fs.getxattr(f2.ino, b"system.posix_acl_access"),
+        Err(Errno::ENODATA)
+    );
+
+    // chmod rewrites the access ACL's owner, mask and other entries (posix_acl_chmod).
+    let s = SetAttr {
+        mode: Some(0o700),
+        ..Default::default()
+    };
+    fs.setattr(f.ino, &s).unwrap();
+    let got = acl::parse_xattr(&fs.getxattr(f.ino, b"system.posix_acl_access").unwrap()).unwrap();
+    assert!(got.contains(&(acl::ACL_USER_OBJ, 7, U)));
+    assert!(got.contains(&(acl::ACL_MASK, 0, U)));
+    assert!(got.contains(&(acl::ACL_OTHER, 0, U)));
+    assert!(
+        got.contains(&(acl::ACL_USER, 5, 2000)),
+        "named entries stay"
+    );
+
+    // setfacl by someone outside the group: the mode follows the ACL and SGID goes.
+    let g = fs
+        .mknod(ROOT_INO, b"sgid", libc::S_IFREG | 0o2755, 0, &ctx())
+        .unwrap();
+    let access = [
+        (acl::ACL_USER_OBJ, 6, U),
+        (acl::ACL_USER, 4, 1000),
+        (acl::ACL_GROUP_OBJ, 4, U),
+        (acl::ACL_MASK, 6, U),
+        (acl::ACL_OTHER, 0, U),
+    ];
+    fs.setxattr_kill_sgid(g.ino, b"system.posix_acl_access", &xattr_acl(&access), 0)
+        .unwrap();
+    assert_eq!(fs.getattr(g.ino).unwrap().mode & 0o7777, 0o660);
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+
+    // The kernel's ext4 reads the same ACLs and modes.
+    let mnt = kernel_mount(&img, "loop,ro");
+    let out = std::process::Command::new("getfacl")
+        .args(["-cn", "acl/f"])
+        .current_dir(&mnt)
+        .output();
+    let mode =
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(mnt.join("acl/sub")).unwrap());
+    kernel_umount(&mnt);
+    assert_eq!(mode & 0o777, 0o750);
+    if let Ok(out) = out {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("user:2000:r-x"), "{text}");
+        assert!(text.contains("mask::---"), "{text}");
+    }
+}
+
+#[test]
+fn dot_and_dotdot_lookups_by_inode_number() {
+    let t = tempfile::tempdir().unwrap();
+    let img = new_image(t.path());
+    let fs = mount_rw(&img);
+    let d = fs.mkdir(ROOT_INO, b"d", 0o755, &ctx()).unwrap();
+    let f = fs
+        .mknod(d.ino, b"f", libc::S_IFREG | 0o644, 0, &ctx())
+        .unwrap();
+    // "." on any inode answers the inode itself, with one more lookup reference.
+    let before = fs.lookup_count(f.ino);
+    let a = fs.lookup(f.ino, b".").unwrap();
+    assert_eq!((a.ino, a.generation), (f.ino, f.generation));
+    assert_eq!(fs.lookup_count(f.ino), before + 1);
+    assert_eq!(fs.lookup(d.ino, b".").unwrap().ino, d.ino);
+    // ".." answers a directory's parent; the root is its own.
+    assert_eq!(fs.lookup(d.ino, b"..").unwrap().ino, ROOT_INO);
+    assert_eq!(fs.lookup(ROOT_INO, b"..").unwrap().ino, ROOT_INO);
+    assert_eq!(fs.lookup(f.ino, b".."), Err(Errno::ENOTDIR));
+    // Numbers that name nothing in use: ENOENT (the kernel reports ESTALE).
+    for bad in [0, 1, 7, 1 << 40] {
+        assert_eq!(
+            fs.lookup(bad, b".").map(|a| a.ino),
+            Err(Errno::ENOENT),
+            "{bad}"
+        );
+    }
+    let unused = f.ino + 50;
+    assert_eq!(fs.lookup(unused, b".").map(|a| a.ino), Err(Errno::ENOENT));
+    // Unlinked and forgotten: stale.
+    fs.forget(f.ino, fs.lookup_count(f.ino));
+    fs.unlink(d.ino, b"f").unwrap();
+    assert_eq!(fs.lookup(f.ino, b".").map(|a| a.ino), Err(Errno::ENOENT));
+    fs.forget(d.ino, fs.lookup_count(d.ino));
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+}
+
+#[test]
+fn rename_whiteout_leaves_a_character_device_0_0() {
+    let t = tempfile::tempdir().unwrap();
+    let img = new_image(t.path());
+    let fs = mount_rw(&img);
+    let a = fs.mkdir(ROOT_INO, b"a", 0o755, &ctx()).unwrap();
+    let b = fs.mkdir(ROOT_INO, b"b", 0o755, &ctx()).unwrap();
+    let f = fs
+        .mknod(a.ino, b"f", libc::S_IFREG | 0o644, 0, &ctx())
+        .unwrap();
+    let sub = fs.mkdir(a.ino, b"sub", 0o755, &ctx()).unwrap();
+    let who = user(0o022);
+    // Across directories, a file and a directory.
+    fs.rename_as(a.ino, b"f", b.ino, b"f2", RENAME_WHITEOUT, &who)
+        .unwrap();
+    fs.rename_as(
+        a.ino,
+        b"sub",
+        b.ino,
+        b"sub",
+        RENAME_WHITEOUT | RENAME_NOREPLACE,
+        &who,
+    )
+    .unwrap();
+    // In one directory, over an existing name.
+    fs.mknod(b.ino, b"victim", libc::S_IFREG | 0o644, 0, &ctx())
+        .unwrap();
+    fs.rename_as(b.ino, b"f2", b.ino, b"victim", RENAME_WHITEOUT, &who)
+        .unwrap();
+    for (dir, name) in [(a.ino, &b"f"[..]), (a.ino, b"sub"), (b.ino, b"f2")] {
+        let w = fs.lookup(dir, name).unwrap();
+        assert_eq!(w.mode, libc::S_IFCHR, "whiteout mode");
+        assert_eq!(w.rdev, 0);
+        assert_eq!((w.uid, w.gid), (1000, 1000));
+        assert_ne!(w.ino, f.ino);
+    }
+    assert_eq!(fs.lookup(b.ino, b"victim").unwrap().ino, f.ino);
+    assert_eq!(fs.lookup(b.ino, b"sub").unwrap().ino, sub.ino);
+    assert_eq!(
+        fs.getattr(a.ino).unwrap().nlink,
+        2,
+        "a lost its subdirectory"
+    );
+    assert_eq!(fs.getattr(b.ino).unwrap().nlink, 3);
+    assert_eq!(
+        fs.rename_as(
+            b.ino,
+            b"victim",
+            a.ino,
+            b"f",
+            RENAME_WHITEOUT | RENAME_EXCHANGE,
+            &who
+        ),
+        Err(Errno::EINVAL)
+    );
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+    let mnt = kernel_mount(&img, "loop,ro");
+    let md = std::fs::symlink_metadata(mnt.join("a/f")).unwrap();
+    let names: Vec<_> = std::fs::read_dir(mnt.join("b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    kernel_umount(&mnt);
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(md.file_type().is_char_device());
+    assert_eq!(md.rdev(), 0);
+    assert_eq!(names.len(), 3, "{names:?}");
+}
