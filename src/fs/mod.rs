@@ -128,6 +128,8 @@ impl Fs {
 }
 
 #[cfg(test)]
+mod crash_support;
+#[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
 mod fuzz_tests;
