@@ -366,7 +366,11 @@ struct Recorded {
 }
 
 fn record(dir: &Path, kind: Workload, opts: &[&str], m: Mutation) -> Recorded {
-    let (_, base) = empty_image(dir, opts);
+    // Free space holds a marker, as a used disk holds old data: nothing the workload allocates
+    // may count on it being zero, and no file may show it (`files_with_marker`).
+    let (img, _) = empty_image(dir, opts);
+    assert!(fill_free_blocks(&img) > 0);
+    let base = std::fs::read(&img).unwrap();
     let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));
     let (log, synced, stats) = run_workload(kind, dev, m);
     let jsb_offset = {
@@ -566,6 +570,14 @@ fn check_with_e2fsck(
     missing_names(&mount(&cut_img), names).map_err(|e| format!("after e2fsck's replay: {e}"))?;
     let ours = dir.join("ours.img");
     let fs = replay_in_memory(image.to_vec())?;
+    // Stale data: only here, as reading every (sparse) file of every state costs too much.
+    let t = check_tree(&fs)?;
+    let stale = files_with_marker(&fs, &t)?;
+    if !stale.is_empty() {
+        return Err(format!(
+            "files show free-space markers (path, offset, block): {stale:?}"
+        ));
+    }
     std::fs::write(&ours, fs.dev_snapshot()).unwrap();
     e2fsck_verdict(&ours).map_err(|e| format!("e2fsck -fn after our replay:\n{e}"))
 }
