@@ -1,6 +1,11 @@
 //! The real daemon killed with SIGKILL in the middle of a namespace workload on a journaled
 //! image: whatever was fsynced before the kill must be there after replay — by e2fsck, by the
 //! kernel, and by our next mount — and each replay leaves an image `e2fsck -fn` finds clean.
+//!
+//! A killed process loses nothing it wrote (the writes sit in the host's page cache), so this
+//! models a daemon crash, not a power cut: the image here is always a prefix of what the daemon
+//! wrote. Lost and reordered writes since the last flush are the engine's crash tests' job
+//! (`src/fs/crash_tests.rs`, on the `CrashState` model of `src/blockdev/record.rs`).
 
 mod common;
 

@@ -135,6 +135,8 @@ impl Fs {
 }
 
 #[cfg(test)]
+mod crash_support;
+#[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
 mod fstests_fixes_tests;

@@ -33,6 +33,24 @@ pub struct JournalWriter {
     map: Vec<u64>,
     block_size: u32,
     log: Mutex<LogState>,
+    #[cfg(test)]
+    mutation: Mutex<Mutation>,
+}
+
+/// Test-only faults in the write protocol, each leaving out one flush: the crash tests run with
+/// them to show that they catch the ordering bug that follows (a crash test that passes with one
+/// of these on is blind to it).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutation {
+    #[default]
+    None,
+    /// The commit block may reach the disk before the descriptors and block images it seals.
+    NoFlushBeforeCommitBlock,
+    /// A commit returns before its commit block is durable.
+    NoFlushAfterCommitBlock,
+    /// The log is marked empty without waiting for that to be durable.
+    NoFlushAfterCheckpoint,
 }
 
 struct LogState {
@@ -88,7 +106,21 @@ impl JournalWriter {
             map,
             block_size,
             log: Mutex::new(state),
+            #[cfg(test)]
+            mutation: Mutex::new(Mutation::None),
         })
+    }
+
+    /// Turn on a test-only protocol fault (see [`Mutation`]).
+    #[cfg(test)]
+    pub fn set_mutation(&self, m: Mutation) {
+        *self.mutation.lock().unwrap_or_else(|e| e.into_inner()) = m;
+    }
+
+    /// True when a test turned on `m`.
+    #[cfg(test)]
+    fn mutated(&self, m: Mutation) -> bool {
+        *self.mutation.lock().unwrap_or_else(|e| e.into_inner()) == m
     }
 
     fn state(&self) -> MutexGuard<'_, LogState> {
@@ -213,7 +245,13 @@ impl JournalWriter {
         }
         let area = self.area(dev)?;
         self.write_superblock(&area, 0, st.next_tid, st.errno)?;
-        area.flush()?;
+        #[cfg(test)]
+        let skip = self.mutated(Mutation::NoFlushAfterCheckpoint);
+        #[cfg(not(test))]
+        let skip = false;
+        if !skip {
+            area.flush()?;
+        }
         st.ring.clear();
         st.logged.clear();
         st.stats.checkpoints += 1;
@@ -303,13 +341,25 @@ impl JournalWriter {
             // Recovery starts here from now on.
             self.write_superblock(&area, start, tid, st.errno)?;
         }
-        area.flush()?;
+        #[cfg(test)]
+        let skip = self.mutated(Mutation::NoFlushBeforeCommitBlock);
+        #[cfg(not(test))]
+        let skip = false;
+        if !skip {
+            area.flush()?;
+        }
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let commit = CommitBlock::new(tid, d.as_secs(), d.subsec_nanos()).build(&self.fmt);
         area.write_block(cur.next(&st.ring), &commit)?;
-        area.flush()?;
+        #[cfg(test)]
+        let skip = self.mutated(Mutation::NoFlushAfterCommitBlock);
+        #[cfg(not(test))]
+        let skip = false;
+        if !skip {
+            area.flush()?;
+        }
         let len = cur.used;
         if cur.pos <= start && len > 0 {
             st.stats.wraps += 1;
