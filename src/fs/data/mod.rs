@@ -110,6 +110,10 @@ pub(super) struct DataState {
     stop: AtomicBool,
     /// Unlinked files with cached data, to free once the namespace lock is released.
     deferred: Mutex<Vec<Ino>>,
+    /// Crash tests: commit the journal right after every writeback allocation, before the data
+    /// write (the widest window a commit thread could hit).
+    #[cfg(test)]
+    pub(in crate::fs) commit_after_alloc: AtomicBool,
 }
 
 impl DataState {
@@ -120,6 +124,8 @@ impl DataState {
             kick: Arc::new(Kick::default()),
             stop: AtomicBool::new(false),
             deferred: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            commit_after_alloc: AtomicBool::new(false),
         })
     }
 
@@ -442,5 +448,7 @@ impl Fs {
     }
 }
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

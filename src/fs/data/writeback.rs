@@ -123,6 +123,14 @@ impl Fs {
             }
             Target::Hole if inode.has_flag(flags::EXTENTS) => {
                 let (pblk, got) = self.alloc_unwritten(ino, l, end - l)?;
+                #[cfg(test)]
+                if self
+                    .data
+                    .commit_after_alloc
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    self.sync()?;
+                }
                 let n = got.min(end - l);
                 self.write_blocks(ino, d, l, n, pblk)?;
                 completed.push((l, n));
