@@ -61,6 +61,9 @@ enum Command {
         /// Page cache size (file data held in memory), e.g. 512M or 4G.
         #[arg(long, default_value = "512M", value_parser = vhost_ext4::pagecache::parse_size)]
         cache_size: u64,
+        /// Let the guest kernel cache writes (FUSE_WRITEBACK_CACHE).
+        #[arg(long)]
+        writeback_cache: bool,
     },
     /// Export IMAGE to a VM as a vhost-user-blk device (the guest runs its own ext4).
     Blk {
@@ -96,6 +99,9 @@ enum Command {
         /// Page cache size (file data held in memory), e.g. 512M or 4G.
         #[arg(long, default_value = "512M", value_parser = vhost_ext4::pagecache::parse_size)]
         cache_size: u64,
+        /// Let the kernel cache writes (FUSE_WRITEBACK_CACHE).
+        #[arg(long)]
+        writeback_cache: bool,
         /// Log filter: error, warn, info, debug, trace (or an env_logger filter string).
         #[arg(long, default_value = "warn")]
         log_level: String,
@@ -186,6 +192,12 @@ fn default_threads() -> usize {
         .min(8)
 }
 
+/// How file data is cached: our page cache's size, and whether the kernel caches writes too.
+struct DataArgs {
+    cache_size: u64,
+    writeback_cache: bool,
+}
+
 fn run_mount(
     image: &Path,
     mountpoint: &Path,
@@ -193,7 +205,7 @@ fn run_mount(
     options: &[String],
     threads: Option<usize>,
     commit_interval: u64,
-    cache_size: u64,
+    data: DataArgs,
 ) -> Result<(), String> {
     let mut cfg = MountConfig::new(image.to_string_lossy(), read_only);
     for o in options {
@@ -206,7 +218,7 @@ fn run_mount(
     // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
     let sigset = block_signals();
     let dev = FileDevice::open(image, read_only).map_err(|e| sentence(&e.to_string()))?;
-    let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, cache_size)
+    let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, data.cache_size)
         .map_err(|e| format!("cannot mount image {}: {}", image.display(), sentence(&e)))?;
     let fs = Arc::new(fs);
     let ro = fs.is_read_only();
@@ -222,6 +234,7 @@ fn run_mount(
     let mut dopts = DispatchOptions::exclusive(Transport::DevFuse);
     // sync and dirsync: every change is committed before it is answered, as ext4 does.
     dopts.sync_changes = cfg.flags & (libc::MS_SYNCHRONOUS | libc::MS_DIRSYNC) != 0;
+    dopts.writeback_cache = data.writeback_cache;
     let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&fs), dopts));
     if ro {
         cfg.flags |= libc::MS_RDONLY;
@@ -250,6 +263,7 @@ fn main() -> ExitCode {
             tag,
             thread_pool_size,
             cache_size,
+            writeback_cache,
         } => {
             init_logging(&b.log_level);
             vhost_ext4::vhost::run_fs(vhost_ext4::vhost::FsArgs {
@@ -262,6 +276,7 @@ fn main() -> ExitCode {
                 print_capabilities: b.print_capabilities,
                 queues: b.queues,
                 cache_size,
+                writeback_cache,
             })
         }
         Command::Blk {
@@ -289,6 +304,7 @@ fn main() -> ExitCode {
             threads,
             commit_interval,
             cache_size,
+            writeback_cache,
             log_level,
         } => {
             init_logging(&log_level);
@@ -299,7 +315,10 @@ fn main() -> ExitCode {
                 &options,
                 threads,
                 commit_interval,
-                cache_size,
+                DataArgs {
+                    cache_size,
+                    writeback_cache,
+                },
             )
         }
     };

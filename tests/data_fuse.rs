@@ -100,7 +100,7 @@ fn first_diff(a: &[u8], b: &[u8]) -> usize {
         .unwrap_or(a.len().min(b.len()))
 }
 
-fn run(name: &str, mkfs: &[&str], extents: bool, seed: u64, ops: usize) {
+fn run(name: &str, mkfs: &[&str], extents: bool, seed: u64, ops: usize, mount_args: &[&str]) {
     require_root_and_tools();
     let t = tempfile::tempdir().unwrap();
     let img = t.path().join("img");
@@ -117,7 +117,9 @@ fn run(name: &str, mkfs: &[&str], extents: bool, seed: u64, ops: usize) {
         String::from_utf8_lossy(&out.stderr)
     );
     let mnt = t.path().join("mnt");
-    let m = Mount::start(&img, &mnt, &["--cache-size", "16M"]);
+    let mut args = vec!["--cache-size", "16M"];
+    args.extend_from_slice(mount_args);
+    let m = Mount::start(&img, &mnt, &args);
     let mut rng = Rng::new(seed);
     let mut models: Vec<Vec<u8>> = vec![Vec::new(); FILES];
     let files: Vec<File> = (0..FILES)
@@ -278,12 +280,26 @@ fn run(name: &str, mkfs: &[&str], extents: bool, seed: u64, ops: usize) {
 
 #[test]
 fn fsx_4k_journal() {
-    run("4k-journal", &["-t", "ext4", "-b", "4096"], true, 1, 2500);
+    run(
+        "4k-journal",
+        &["-t", "ext4", "-b", "4096"],
+        true,
+        1,
+        2500,
+        &[],
+    );
 }
 
 #[test]
 fn fsx_1k_journal() {
-    run("1k-journal", &["-t", "ext4", "-b", "1024"], true, 2, 2500);
+    run(
+        "1k-journal",
+        &["-t", "ext4", "-b", "1024"],
+        true,
+        2,
+        2500,
+        &[],
+    );
 }
 
 #[test]
@@ -294,10 +310,23 @@ fn fsx_4k_no_journal() {
         true,
         3,
         2500,
+        &[],
     );
 }
 
 #[test]
 fn fsx_ext3_indirect() {
-    run("ext3", &["-t", "ext3", "-b", "1024"], false, 4, 2000);
+    run("ext3", &["-t", "ext3", "-b", "1024"], false, 4, 2000, &[]);
+}
+
+#[test]
+fn fsx_4k_journal_writeback_cache() {
+    run(
+        "4k-writeback-cache",
+        &["-t", "ext4", "-b", "4096"],
+        true,
+        5,
+        2500,
+        &["--writeback-cache"],
+    );
 }

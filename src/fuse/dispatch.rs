@@ -43,6 +43,9 @@ pub struct DispatchOptions {
     pub negative_timeout: Duration,
     /// Commit every change before answering it (the `sync` and `dirsync` mount options).
     pub sync_changes: bool,
+    /// Negotiate FUSE_WRITEBACK_CACHE: the kernel keeps written data in its own page cache and
+    /// sends it in large WRITEs later (it then owns i_size and mtime until it flushes them).
+    pub writeback_cache: bool,
 }
 
 /// The cache timeouts of [`DispatchOptions::exclusive`].
@@ -58,6 +61,7 @@ impl Default for DispatchOptions {
             entry_timeout: Duration::from_secs(1),
             negative_timeout: Duration::ZERO,
             sync_changes: false,
+            writeback_cache: false,
         }
     }
 }
@@ -618,7 +622,12 @@ impl Dispatcher {
             return Err(Errno(libc::EPROTO));
         }
         let minor = arg.minor.min(abi::KERNEL_MINOR_VERSION);
-        let mut flags = arg.flags & WANTED_INIT_FLAGS;
+        let wanted = if self.opts.writeback_cache {
+            WANTED_INIT_FLAGS | init_flags::WRITEBACK_CACHE
+        } else {
+            WANTED_INIT_FLAGS
+        };
+        let mut flags = arg.flags & wanted;
         if flags & init_flags::INIT_EXT == 0 {
             // Without INIT_EXT there is no flags2 word.
             flags &= 0xffff_ffff;

@@ -54,6 +54,8 @@ pub struct FsArgs {
     pub queues: usize,
     /// `--cache-size SIZE`: the page cache's size in bytes.
     pub cache_size: u64,
+    /// `--writeback-cache`: negotiate FUSE_WRITEBACK_CACHE (the guest caches writes).
+    pub writeback_cache: bool,
 }
 
 impl Default for FsArgs {
@@ -68,6 +70,7 @@ impl Default for FsArgs {
             print_capabilities: false,
             queues: 1,
             cache_size: crate::pagecache::DEFAULT_CACHE_BYTES,
+            writeback_cache: false,
         }
     }
 }
@@ -210,7 +213,10 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
         // The daemon holds the image exclusively and the guest is its only client, so the
         // guest may cache entries, attributes and negative entries for long (as virtiofsd's
         // cache=always).
-        DispatchOptions::exclusive(Transport::Virtio),
+        DispatchOptions {
+            writeback_cache: args.writeback_cache,
+            ..DispatchOptions::exclusive(Transport::Virtio)
+        },
     ));
     let threads = args.thread_pool_size.unwrap_or_else(default_threads);
     let device = Arc::new(fs::FsDevice::new(dispatcher, tag, args.queues, threads)?);
