@@ -21,7 +21,31 @@ const RA_SEQUENTIAL: u64 = 2 << 20;
 
 impl Fs {
     /// Read up to `size` bytes at `offset`; short only at end of file.
-    pub fn read(&self, ino: Ino, _fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.read_into(ino, fh, offset, size, &mut v)?;
+        Ok(v)
+    }
+
+    /// [`Fs::read`], appending the bytes to `out` (a reply being built): the data is copied
+    /// once, from the page cache into the reply. On error `out` is left as it was.
+    pub fn read_into(
+        &self,
+        ino: Ino,
+        _fh: u64,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let start = out.len();
+        let r = self.read_cached(ino, offset, size, out);
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
+
+    fn read_cached(&self, ino: Ino, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
         let inode = {
             let _g = self.ns_read();
             self.read_inode(ino)?
@@ -34,16 +58,16 @@ impl Fs {
             || self.block_size as usize > PAGE_SIZE
         {
             let _g = self.ns_read();
-            return self.read_data(ino, &inode, offset, size);
+            out.extend_from_slice(&self.read_data(ino, &inode, offset, size)?);
+            return Ok(());
         }
         let d = self.inode_data(ino)?;
         let _r = d.read_lock();
         let fsize = d.sizes().size;
         if offset >= fsize || size == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let end = fsize.min(offset + size as u64);
-        let mut buf = vec![0u8; (end - offset) as usize];
         if !self.cache_range(ino, &d, offset, end, fsize)? {
             // No room in the cache at all: put the dirty data of the range on disk, then read
             // around the cache.
@@ -53,8 +77,12 @@ impl Fs {
             let _g = self.ns_read();
             let mut inode = self.read_inode(ino)?;
             inode.size = fsize;
-            return self.read_data(ino, &inode, offset, size);
+            out.extend_from_slice(&self.read_data(ino, &inode, offset, size)?);
+            return Ok(());
         }
+        let base = out.len();
+        out.resize(base + (end - offset) as usize, 0);
+        let buf = &mut out[base..];
         {
             let m = d.pages();
             let mut pos = offset;
@@ -71,7 +99,7 @@ impl Fs {
         if self.data.pc.over_limit() > 0 {
             self.shrink_cache(None);
         }
-        Ok(buf)
+        Ok(())
     }
 
     /// Make the blocks of `[from, to)` uptodate in the cache, reading ahead past `to` (within
