@@ -370,7 +370,7 @@ fn enospc_is_answered_by_write_and_reservations_come_back() {
             );
         }
         // Dirty, unsynced data whose file goes away gives its reservation back.
-        let (last, _) = *written.last().unwrap();
+        let (last, _) = *written.iter().rev().find(|(_, n)| *n > 0).unwrap();
         fs.setattr(
             last,
             &crate::fs::SetAttr {

@@ -56,9 +56,22 @@ impl Fs {
         let bs = self.block_size as u64;
         let first = offset / bs;
         let end_blk = (offset + len).div_ceil(bs);
-        let holes = self.unreserved_holes(ino, &inode, first, end_blk)?;
+        let mut holes = self.unreserved_holes(ino, &inode, first, end_blk)?;
         let need: u64 = holes.iter().map(|(_, l)| l).sum();
-        self.reserve_blocks(ino, &d, need)?;
+        if need > 0 && inode.has_flag(flags::EXTENTS) && self.nearly_full() {
+            // Little room left: allocate unwritten blocks now (ext4's nonda switch), so the
+            // space is taken for certain and ENOSPC comes from here; writeback converts them.
+            for &(s, l) in &holes {
+                let mut at = s;
+                while at < s + l {
+                    let (_, got) = self.alloc_unwritten(ino, at, s + l - at)?;
+                    at += got.max(1);
+                }
+            }
+            holes.clear();
+        } else {
+            self.reserve_blocks(ino, &d, need)?;
+        }
         for &(s, l) in &holes {
             self.es.insert(ino, s, l, Status::Delayed);
         }
@@ -187,6 +200,15 @@ impl Fs {
             return Ok(());
         }
         Err(Errno::ENOSPC)
+    }
+
+    /// True when free space is short enough that new writes should allocate at once rather
+    /// than reserve (the kernel's ext4_nonda_switch: free below twice the reserved blocks, or
+    /// below a watermark).
+    fn nearly_full(&self) -> bool {
+        let free = self.alloc.unreserved_free();
+        let reserved = self.alloc.reserved();
+        free < 2 * reserved || free < self.metadata_pool() + 1024
     }
 
     /// Blocks kept free beside the delalloc reservations for the metadata writeback allocates
