@@ -587,3 +587,55 @@ fn concurrent_writers_readers_and_truncates() {
     drop(fs);
     e2fsck_clean(&img);
 }
+
+/// Inline-data files take writes in place while the data fits the inode, and move to a block
+/// when it outgrows it; e2fsck and the kernel agree with what we wrote.
+#[test]
+fn inline_files_stay_inline_while_they_fit() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("small"), b"0123456789").unwrap();
+    std::fs::write(src.join("grows"), b"abc").unwrap();
+    let img = t.path().join("img");
+    crate::fs::testutil::mkfs(
+        &src,
+        &img,
+        &["-t", "ext4", "-O", "inline_data", "-I", "256"],
+        "16M",
+    );
+    let fs = mount(&img, 8 << 20);
+    let small = fs.lookup(ROOT_INO, b"small").unwrap().ino;
+    let grows = fs.lookup(ROOT_INO, b"grows").unwrap().ino;
+    let is_inline = |ino| {
+        fs.read_inode(ino)
+            .unwrap()
+            .has_flag(crate::ondisk::inode::flags::INLINE_DATA)
+    };
+    assert!(
+        is_inline(small) && is_inline(grows),
+        "mke2fs stores small files inline"
+    );
+    let mut small_model = b"0123456789".to_vec();
+    fs.write(small, 4, b"XY", 0).unwrap();
+    small_model[4..6].copy_from_slice(b"XY");
+    fs.write(small, 70, b"past i_block", 0).unwrap();
+    small_model.resize(70, 0);
+    small_model.extend_from_slice(b"past i_block");
+    assert!(is_inline(small), "82 bytes fit a 256-byte inode");
+    assert_eq!(fs.read(small, 0, 0, 4096).unwrap(), small_model);
+    let mut grows_model = b"abc".to_vec();
+    let big = pattern(&mut Rng(3), 5000);
+    fs.write(grows, 100, &big, 0).unwrap();
+    grows_model.resize(100, 0);
+    grows_model.extend_from_slice(&big);
+    assert!(!is_inline(grows), "5100 bytes do not fit the inode");
+    assert_eq!(fs.read(grows, 0, 0, 8192).unwrap(), grows_model);
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+    let mnt = kernel_mount(&img, "loop,ro");
+    assert_eq!(std::fs::read(mnt.join("small")).unwrap(), small_model);
+    assert_eq!(std::fs::read(mnt.join("grows")).unwrap(), grows_model);
+    kernel_umount(&mnt);
+}

@@ -13,7 +13,7 @@ use crate::fs::Fs;
 use crate::fs::blocks::now;
 use crate::fs::bmap::Target;
 use crate::fs::types::Ino;
-use crate::ondisk::inode::{Inode, flags};
+use crate::ondisk::inode::{I_BLOCK_LEN, Inode, flags};
 use crate::pagecache::{NoSlab, PAGE_SIZE, PageIndex, SlabId};
 
 /// FUSE_WRITE_KILL_SUIDGID: the writer is not privileged; drop suid/sgid as the kernel does.
@@ -47,6 +47,11 @@ impl Fs {
             return Ok(0);
         }
         let data = &data[..(data.len() as u64).min(max - offset) as usize];
+        if inode.has_flag(flags::INLINE_DATA)
+            && let Some(n) = self.inline_write(ino, &d, offset, data, flags_ & KILL_SUIDGID != 0)?
+        {
+            return Ok(n);
+        }
         let inode = if inode.has_flag(flags::INLINE_DATA) {
             self.inline_to_blocks(ino, &d)?
         } else {
@@ -99,6 +104,53 @@ impl Fs {
         self.file_modified(ino, flags_ & KILL_SUIDGID != 0)?;
         self.balance_dirty(ino, &d)?;
         Ok(done as u32)
+    }
+
+    /// Write into an inline-data file while the result still fits the inode (`i_block` and the
+    /// `system.data` attribute), as the kernel keeps small files inline: one handle, no page
+    /// cache. `None` when it would not fit (the caller moves the data to a block).
+    fn inline_write(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        offset: u64,
+        data: &[u8],
+        kill_suid: bool,
+    ) -> Result<Option<u32>> {
+        let end = offset + data.len() as u64;
+        let _g = self.ns_write();
+        let mut inode = self.read_inode(ino)?;
+        let Some(room) = self.max_inline_xattr(ino, &inode)? else {
+            return Ok(None);
+        };
+        if end > (I_BLOCK_LEN + room) as u64 {
+            return Ok(None);
+        }
+        let size = inode.size.max(end);
+        let mut content = self.inline_data(ino, &inode)?;
+        content.resize(size as usize, 0);
+        content[offset as usize..end as usize].copy_from_slice(data);
+        let head = content.len().min(I_BLOCK_LEN);
+        inode.block[..head].copy_from_slice(&content[..head]);
+        let tail = content.get(I_BLOCK_LEN..).unwrap_or(&[]).to_vec();
+        self.set_system_data(ino, &mut inode, Some(tail))?;
+        *d.sizes() = super::Sizes {
+            size,
+            disksize: size,
+        };
+        let t = now();
+        inode.size = size;
+        inode.mtime = t;
+        inode.ctime = t;
+        if kill_suid {
+            let mut mode = inode.mode as u32 & !(libc::S_ISUID);
+            if mode & libc::S_IXGRP != 0 {
+                mode &= !libc::S_ISGID;
+            }
+            inode.mode = mode as u16;
+        }
+        self.store_inode(ino, &inode)?;
+        Ok(Some(data.len() as u32))
     }
 
     /// An inline-data file is about to get data past what its inode holds: move the data to a
