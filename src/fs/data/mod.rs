@@ -41,6 +41,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+/// Slabs of address space per slab the cache size needs when full: a small file takes a whole
+/// 2 MiB slab for its few pages, so many small files need many slabs (address space only; a
+/// slab costs memory only for the pages touched).
+const SLAB_FACTOR: u32 = 32;
+
 /// A page dirty this long is written back by the flusher (the kernel's dirty_expire).
 const DIRTY_EXPIRE: Duration = Duration::from_secs(30);
 
@@ -119,7 +124,7 @@ pub(super) struct DataState {
 impl DataState {
     pub fn new(cache_bytes: u64) -> std::io::Result<DataState> {
         Ok(DataState {
-            pc: PageCache::new(cache_bytes, 8)?,
+            pc: PageCache::new(cache_bytes, SLAB_FACTOR)?,
             table: Mutex::new(HashMap::new()),
             kick: Arc::new(Kick::default()),
             stop: AtomicBool::new(false),
@@ -279,7 +284,8 @@ impl Fs {
     /// busy with a writer are skipped when `only_expired` (the background case).
     pub(super) fn writeback_all(&self, only_expired: bool) -> Result<()> {
         let mut first_err = None;
-        let over = self.data.pc.dirty_pages() > self.data.pc.background_limit();
+        let over =
+            self.data.pc.dirty_pages() > self.data.pc.background_limit() || self.slabs_short();
         for (ino, d) in self.data.all() {
             let dirty_since = d.pages().dirty_since();
             let Some(since) = dirty_since else { continue };
@@ -326,7 +332,7 @@ impl Fs {
     fn shrink_cache(&self, own: Option<(&InodeData, &mut Mapping)>) {
         let pc = &self.data.pc;
         let mut need = pc.over_limit();
-        if need == 0 && pc.arena.free_slabs() > 0 {
+        if need == 0 && !self.slabs_short() {
             return;
         }
         // Free an eighth of the cache at a time, so eviction is not paid per page.
@@ -377,6 +383,13 @@ impl Fs {
         }
     }
 
+    /// Few free slabs are left (many files with a few dirty pages each): time to write back
+    /// so their slabs can be evicted.
+    fn slabs_short(&self) -> bool {
+        let a = &self.data.pc.arena;
+        a.free_slabs() < a.slab_count() as usize / 8
+    }
+
     /// Writers past the dirty limit write their own file back, then wait (briefly) for the
     /// flusher to bring the rest under the limit: a fast writer cannot grow the cache without
     /// bound. Called with `d.rw` held exclusively.
@@ -404,7 +417,13 @@ impl Fs {
                 tries += 1;
             }
         }
-        if pc.over_limit() > 0 || pc.arena.free_slabs() == 0 {
+        if self.slabs_short() {
+            self.data.kick_flusher();
+            if pc.arena.free_slabs() < pc.arena.slab_count() as usize / 32 {
+                self.writeback_others(ino)?;
+            }
+        }
+        if pc.over_limit() > 0 || self.slabs_short() {
             let mut m = d.pages();
             self.shrink_cache(Some((d, &mut m)));
         }
@@ -440,7 +459,7 @@ impl Fs {
                     if let Err(e) = fs.writeback_all(true) {
                         log::warn!("background writeback: {e}");
                     }
-                    if fs.data.pc.over_limit() > 0 {
+                    if fs.data.pc.over_limit() > 0 || fs.slabs_short() {
                         fs.shrink_cache(None);
                     }
                 }

@@ -639,3 +639,32 @@ fn inline_files_stay_inline_while_they_fit() {
     assert_eq!(std::fs::read(mnt.join("grows")).unwrap(), grows_model);
     kernel_umount(&mnt);
 }
+
+/// Many small files, each holding a slab of the cache for one dirty page: the cache writes back
+/// and evicts to make room instead of failing (it once answered ENOMEM), and every file reads
+/// back.
+#[test]
+fn many_small_files_do_not_run_the_cache_out_of_slabs() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("img");
+    mkfs(&img, &["-t", "ext4", "-N", "8192"], "64M");
+    let fs = mount(&img, 8 << 20);
+    let slabs = fs.data.pc.arena.slab_count() as usize;
+    let n = slabs * 4;
+    let mut inos = Vec::new();
+    for i in 0..n {
+        let a = fs
+            .mknod(ROOT_INO, format!("s{i}").as_bytes(), 0o100644, 0, &ctx())
+            .unwrap();
+        let data = pattern(&mut Rng(i as u64 + 1), 3000);
+        fs.write(a.ino, 0, &data, 0)
+            .unwrap_or_else(|e| panic!("file {i} of {n} ({slabs} slabs): {e}"));
+        inos.push((a.ino, data));
+    }
+    for (ino, data) in &inos {
+        assert_eq!(fs.read(*ino, 0, 0, 4096).unwrap(), *data);
+    }
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+}

@@ -322,8 +322,11 @@ impl Fs {
                 Ok(x) => return Ok(x),
                 Err(NoSlab) => {
                     if attempt == 1 {
+                        // Every slab holds dirty pages: write them back (ours and other
+                        // files'), then evict.
                         drop(m);
                         self.writeback_inode(ino, d, 0, u64::MAX)?;
+                        self.writeback_others(ino)?;
                         m = d.pages();
                     }
                     self.shrink_cache(Some((d, &mut m)));
@@ -372,7 +375,7 @@ impl Fs {
     }
 
     /// Write back other files (not `ino`, whose lock the caller holds), skipping those busy.
-    fn writeback_others(&self, ino: Ino) -> Result<()> {
+    pub(super) fn writeback_others(&self, ino: Ino) -> Result<()> {
         for (other, d) in self.data.all() {
             if other == ino {
                 continue;
