@@ -545,6 +545,7 @@ impl Dispatcher {
                 })))
             }
             Op::Fallocate(f) => {
+                // The kernel drops setuid/setgid itself first (a SETATTR), as it does for FUSE.
                 fs.fallocate(ino, f.offset, f.length, f.mode)?;
                 Ok(Some(reply::empty(unique)))
             }

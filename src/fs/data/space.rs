@@ -198,7 +198,7 @@ impl Fs {
                 return Err(Errno::EOPNOTSUPP);
             }
             self.punch(ino, &d, offset, len)?;
-            return self.touch_times(ino, false);
+            return self.touch_times(ino, true);
         }
         if !inode.has_flag(flags::EXTENTS) || inode.has_flag(flags::INLINE_DATA) {
             return Err(Errno::EOPNOTSUPP);
@@ -217,12 +217,15 @@ impl Fs {
             // Collapse and insert range are not implemented yet.
             _ => return Err(Errno::EOPNOTSUPP),
         }
-        let grew = mode & FALLOC_FL_KEEP_SIZE == 0 && offset + len > d.sizes().size;
-        if grew {
-            *d.sizes() = super::Sizes {
-                size: offset + len,
-                disksize: offset + len,
-            };
+        let mut grew = false;
+        if mode & FALLOC_FL_KEEP_SIZE == 0 {
+            // The range now has blocks (unwritten or written): the on-disk size may cover it
+            // (the kernel's ext4_update_inode_size with new_size = offset + len).
+            let mut s = d.sizes();
+            let end = offset + len;
+            grew = end > s.size;
+            s.size = s.size.max(end);
+            s.disksize = s.disksize.max(end);
         }
         self.touch_times(ino, grew || mode & FALLOC_FL_ZERO_RANGE != 0)
     }
@@ -237,6 +240,16 @@ impl Fs {
             i.mtime = t;
         }
         self.store_inode(ino, &i)
+    }
+
+    /// A punch or zero that reaches EOF while i_disksize lags i_size (data there never written
+    /// back, now dropped): the on-disk size moves to i_size first, or it would never move (the
+    /// kernel's ext4_update_disksize_before_punch).
+    fn disksize_before_punch(&self, d: &InodeData, offset: u64, len: u64) {
+        let mut s = d.sizes();
+        if offset <= s.size && offset.saturating_add(len) >= s.size && s.disksize < s.size {
+            s.disksize = s.size;
+        }
     }
 
     /// Unwritten blocks for every hole of `[offset, offset + len)`; dirty pages there are
@@ -273,6 +286,7 @@ impl Fs {
         if offset >= size {
             return Ok(());
         }
+        self.disksize_before_punch(d, offset, len);
         let end = (offset + len).min(size);
         let bs = self.block_size as u64;
         let first_full = offset.div_ceil(bs);

@@ -668,3 +668,40 @@ fn many_small_files_do_not_run_the_cache_out_of_slabs() {
     drop(fs);
     e2fsck_clean(&img);
 }
+
+/// Zeroing or punching every byte of a file whose data was never written back still leaves
+/// its size on disk (i_disksize moves before the punch reaches EOF; fstests generic/033).
+#[test]
+fn zeroing_unwritten_back_data_keeps_the_size() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("img");
+    mkfs(&img, &["-t", "ext4", "-b", "4096"], "32M");
+    let (z, p) = {
+        let fs = mount(&img, 8 << 20);
+        let z = fs
+            .mknod(ROOT_INO, b"zeroed", 0o100644, 0, &ctx())
+            .unwrap()
+            .ino;
+        let p = fs
+            .mknod(ROOT_INO, b"punched", 0o100644, 0, &ctx())
+            .unwrap()
+            .ino;
+        for ino in [z, p] {
+            fs.write(ino, 0, &[0x77u8; 65536], 0).unwrap();
+        }
+        for off in (0..65536).step_by(8192).chain((4096..65536).step_by(8192)) {
+            fs.fallocate(z, off, 4096, FALLOC_FL_ZERO_RANGE).unwrap();
+        }
+        fs.fallocate(p, 0, 65536, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+            .unwrap();
+        fs.shutdown().unwrap();
+        (z, p)
+    };
+    e2fsck_clean(&img);
+    let fs = mount(&img, 8 << 20);
+    for ino in [z, p] {
+        assert_eq!(fs.getattr(ino).unwrap().size, 65536, "inode {ino}");
+        assert_eq!(fs.read(ino, 0, 0, 70000).unwrap(), vec![0u8; 65536]);
+    }
+    fs.shutdown().unwrap();
+}
