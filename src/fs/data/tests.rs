@@ -1,5 +1,6 @@
 //! The data path against an in-memory model: random unaligned writes, appends, truncates,
-//! every fallocate mode ext4 supports, copy_file_range, fsync and read-backs, on several image
+//! every fallocate mode ext4 supports (collapse and insert range included, and the refused
+//! cases with the kernel's errno), copy_file_range, fsync and read-backs, on several image
 //! layouts and with a small cache (so eviction, throttling and NoSlab paths run). At the end the
 //! image is unmounted, `e2fsck -fn` must find it clean, and the kernel's ext4 must read every
 //! file exactly as the model has it.
@@ -7,8 +8,8 @@
 use crate::errno::Errno;
 use crate::fs::testutil::{ctx, kernel_mount, kernel_umount};
 use crate::fs::{
-    FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, Fs,
-    MountOptions, ROOT_INO,
+    FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE, Fs, MountOptions, ROOT_INO,
 };
 use crate::test_support::e2fsck_clean;
 use std::path::Path;
@@ -82,6 +83,8 @@ fn random_ops(fs: &Fs, seed: u64, ops: usize, nfiles: usize, extents: bool) -> V
         .collect();
     let max = 3 << 20;
     let mut history: Vec<String> = Vec::new();
+    // Successful collapses, inserts and whole-block punches.
+    let mut done = [0usize; 3];
     let first_diff = |a: &[u8], b: &[u8]| {
         a.iter()
             .zip(b.iter())
@@ -146,31 +149,84 @@ fn random_ops(fs: &Fs, seed: u64, ops: usize, nfiles: usize, extents: bool) -> V
                 history.push(format!("{ino}: truncate {new}"));
             }
             63..=80 => {
-                let off = rng.below(max);
-                let len = 1 + rng.below(300_000);
-                let mode = [
-                    0,
-                    FALLOC_FL_KEEP_SIZE,
-                    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                    FALLOC_FL_ZERO_RANGE,
-                    FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
-                ][rng.below(5) as usize];
+                let bs = fs.block_size() as u64;
+                let kind = rng.below(12);
+                let (off, len, mode) = match kind {
+                    0..=6 => (
+                        rng.below(max),
+                        1 + rng.below(300_000),
+                        [
+                            0,
+                            FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_ZERO_RANGE,
+                            FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_ZERO_RANGE,
+                        ][kind as usize],
+                    ),
+                    7..=10 => {
+                        let mode = if kind < 9 {
+                            FALLOC_FL_COLLAPSE_RANGE
+                        } else {
+                            FALLOC_FL_INSERT_RANGE
+                        };
+                        if rng.below(6) == 0 {
+                            // Anything: mostly refused (unaligned, past EOF).
+                            (rng.below(size + 3 * bs), 1 + rng.below(64 * bs), mode)
+                        } else {
+                            let (o, n) = (rng.below(size / bs + 1), 1 + rng.below(48));
+                            (o * bs, n * bs, mode)
+                        }
+                    }
+                    _ => (
+                        rng.below(size + 1),
+                        1 + rng.below(8 * bs),
+                        // Combinations the kernel refuses.
+                        [
+                            FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_INSERT_RANGE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_PUNCH_HOLE,
+                            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE,
+                        ][rng.below(5) as usize],
+                    ),
+                };
+                let shift = mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE);
+                let aligned = off % bs == 0 && len % bs == 0;
+                let want = if kind == 11 || (!extents && mode & FALLOC_FL_PUNCH_HOLE == 0) {
+                    Err(Errno::EOPNOTSUPP)
+                } else if (shift == FALLOC_FL_COLLAPSE_RANGE && (!aligned || off + len >= size))
+                    || (shift == FALLOC_FL_INSERT_RANGE && (!aligned || off >= size))
+                {
+                    Err(Errno::EINVAL)
+                } else {
+                    Ok(())
+                };
                 let r = fs.fallocate(ino, off, len, mode);
-                if !extents && mode & FALLOC_FL_PUNCH_HOLE == 0 {
-                    assert_eq!(
-                        r,
-                        Err(Errno::EOPNOTSUPP),
-                        "{ctxs}: indirect files refuse fallocate mode {mode:#x}"
-                    );
-                    continue;
-                }
-                if !extents {
-                    // Punching indirect maps is not supported yet: the model stays.
+                if want.is_err() {
+                    assert_eq!(r, want, "{ctxs}: fallocate {off}+{len} mode {mode:#x}");
                     continue;
                 }
                 r.unwrap_or_else(|e| panic!("{ctxs}: fallocate {off}+{len} mode {mode:#x}: {e}"));
                 history.push(format!("{ino}: fallocate {off}+{len} mode {mode:#x}"));
                 let end = off + len;
+                if shift == FALLOC_FL_COLLAPSE_RANGE {
+                    model.drain(off as usize..end as usize);
+                    done[0] += 1;
+                    continue;
+                }
+                if shift == FALLOC_FL_INSERT_RANGE {
+                    done[1] += 1;
+                    model.splice(
+                        off as usize..off as usize,
+                        std::iter::repeat_n(0, len as usize),
+                    );
+                    continue;
+                }
+                if mode & FALLOC_FL_PUNCH_HOLE != 0 && off.div_ceil(bs) < end.min(size) / bs {
+                    done[2] += 1;
+                }
                 if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) != 0 {
                     let zend = end.min(model.len() as u64);
                     if off < zend {
@@ -223,6 +279,11 @@ fn random_ops(fs: &Fs, seed: u64, ops: usize, nfiles: usize, extents: bool) -> V
             }
         }
     }
+    let want = if extents { [40, 40, 40] } else { [0, 0, 40] };
+    assert!(
+        (0..3).all(|i| done[i] >= want[i]),
+        "seed {seed}: too few collapses, inserts and punches ran: {done:?}"
+    );
     files
 }
 
@@ -289,27 +350,6 @@ fn random_data_ops_match_the_model_without_journal() {
 #[test]
 fn random_data_ops_match_the_model_ext3_indirect() {
     check_layout(&["-t", "ext3", "-b", "1024"], 44, false);
-}
-
-#[test]
-fn collapse_and_insert_range_are_refused_for_now() {
-    let t = tempfile::tempdir().unwrap();
-    let img = t.path().join("img");
-    mkfs(&img, &["-t", "ext4"], "32M");
-    let fs = mount(&img, 8 << 20);
-    let a = fs.mknod(ROOT_INO, b"f", 0o100644, 0, &ctx()).unwrap();
-    fs.write(a.ino, 0, &[7u8; 65536], 0).unwrap();
-    assert_eq!(
-        fs.fallocate(a.ino, 4096, 4096, FALLOC_FL_COLLAPSE_RANGE),
-        Err(Errno::EOPNOTSUPP)
-    );
-    assert_eq!(
-        fs.fallocate(a.ino, 0, 4096, FALLOC_FL_PUNCH_HOLE),
-        Err(Errno::EOPNOTSUPP)
-    );
-    assert_eq!(fs.fallocate(a.ino, 0, 0, 0), Err(Errno::EINVAL));
-    fs.shutdown().unwrap();
-    e2fsck_clean(&img);
 }
 
 /// Filling the file system ends with write() answering ENOSPC — never a later fsync EIO —;
