@@ -11,6 +11,9 @@ use crate::ondisk::extent::{
 };
 use crate::ondisk::inode::I_BLOCK_LEN;
 
+/// A physical run (first block, count) that left the tree.
+pub type Run = (u64, u32);
+
 /// Longest unwritten extent (one less than the initialized maximum).
 const MAX_UNWRITTEN_LEN: u32 = MAX_INIT_LEN - 1;
 
@@ -352,9 +355,22 @@ impl<'a> ExtentTree<'a> {
 
     /// Unmap `[start, end)`; returns the physical runs that were mapped there (data to free).
     pub fn remove(&mut self, start: u32, end: u64) -> Result<Vec<(u64, u32)>> {
+        Ok(self.remove_leaves(start, end, usize::MAX)?.0)
+    }
+
+    /// Like `remove`, but touching at most `max_leaves` leaves (a bounded change): returns the
+    /// runs unmapped and where to continue, `None` when `[start, end)` is done.
+    pub fn remove_leaves(
+        &mut self,
+        start: u32,
+        end: u64,
+        max_leaves: usize,
+    ) -> Result<(Vec<Run>, Option<u32>)> {
         let mut freed = Vec::new();
         let mut cursor = start as u64;
+        let mut leaves = 0;
         while cursor < end {
+            leaves += 1;
             let mut path = self.path(cursor as u32)?;
             let owner = self.owner;
             let v = leaf_entries(&mut path, owner)?;
@@ -403,12 +419,18 @@ impl<'a> ExtentTree<'a> {
                 break;
             }
             match next {
-                Some(k) if (k as u64) > cursor && (k as u64) < end => cursor = k as u64,
+                Some(k) if (k as u64) > cursor && (k as u64) < end => {
+                    if leaves >= max_leaves {
+                        self.shrink()?;
+                        return Ok((freed, Some(k)));
+                    }
+                    cursor = k as u64
+                }
                 _ => break,
             }
         }
         self.shrink()?;
-        Ok(freed)
+        Ok((freed, None))
     }
 
     /// Split the extent that straddles `lblk` (starts before it, ends after it) in two at `lblk`,
@@ -937,8 +959,17 @@ mod tests {
                                 n = e;
                             }
                         }
-                        let freed = t.remove(s, s as u64 + n as u64).unwrap();
-                        let gone: usize = freed.iter().map(|r| r.1 as usize).sum();
+                        // In batches of a few leaves, as collapse does.
+                        let mut gone = 0usize;
+                        let mut at = Some(s);
+                        while let Some(a) = at {
+                            let (freed, next) = t
+                                .remove_leaves(a, s as u64 + n as u64, 1 + (next() % 2) as usize)
+                                .unwrap();
+                            gone += freed.iter().map(|r| r.1 as usize).sum::<usize>();
+                            at = next;
+                            check(&t);
+                        }
                         let before = model.len();
                         model.retain(|&k, _| k < s || k >= s + n);
                         assert_eq!(before - model.len(), gone, "step {step}");

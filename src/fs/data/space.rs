@@ -448,25 +448,38 @@ impl Fs {
         Ok(())
     }
 
-    /// Remove the extents of `[first, end)` and free their blocks, in one handle.
+    /// Remove the extents of `[first, end)` and free their blocks, a bounded number of leaves
+    /// per handle (so each fits the log).
     fn unmap_range(&self, ino: Ino, first: u64, end: u64) -> Result<()> {
-        let _g = self.ns_write();
-        let mut inode = self.read_inode(ino)?;
-        let io = NodeIo::new(self, ino, &inode);
-        let mut root = inode.block;
-        let r = ExtentTree::new(&mut root, &io, self.block_size, ino)
-            .remove(first.min(u32::MAX as u64) as u32, end.min(1 << 32));
-        self.es.forget_mapped(ino);
-        inode.block = root;
-        let freed = r?;
-        let mut n = 0i64;
-        for (p, len) in freed {
-            self.alloc.free_blocks(self, p, len)?;
-            n += len as i64;
+        const LEAVES: usize = 4;
+        let credits = LEAVES * (crate::ondisk::extent::MAX_DEPTH as usize + 1) + 32;
+        let mut at = Some(first.min(u32::MAX as u64) as u32);
+        while let Some(start) = at {
+            {
+                let _g = self.start_handle(credits);
+                let mut inode = self.read_inode(ino)?;
+                let io = NodeIo::new(self, ino, &inode);
+                let mut root = inode.block;
+                let r = ExtentTree::new(&mut root, &io, self.block_size, ino).remove_leaves(
+                    start,
+                    end.min(1 << 32),
+                    LEAVES,
+                );
+                self.es.forget_mapped(ino);
+                inode.block = root;
+                let (freed, next) = r?;
+                let mut n = 0i64;
+                for (p, len) in freed {
+                    self.alloc.free_blocks(self, p, len)?;
+                    n += len as i64;
+                }
+                self.adjust_blocks(&mut inode, io.delta.get() - n);
+                self.store_inode(ino, &inode)?;
+                at = next;
+            }
+            self.commit_if_large()?;
         }
-        self.adjust_blocks(&mut inode, io.delta.get() - n);
-        self.store_inode(ino, &inode)?;
-        self.commit_if_large()
+        Ok(())
     }
 
     /// copy_file_range through the page cache: up to `len` bytes from `ino_in` at `off_in` to
