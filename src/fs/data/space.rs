@@ -312,20 +312,21 @@ impl Fs {
         self.writeback_inode(ino, d, offset / PAGE_SIZE as u64, u64::MAX)?;
         self.forget_blocks_from(ino, d, first);
         {
-            // The size grows first, so a crash while shifting keeps every moved block inside.
+            // Split the extent at the offset, and grow the size before anything moves, so a
+            // commit while shifting never finds a moved block past EOF.
             let _g = self.ns_write();
             let mut inode = self.read_inode(ino)?;
-            {
-                let mut s = d.sizes();
-                s.size += len;
-                s.disksize += len;
-            }
             let io = NodeIo::new(self, ino, &inode);
             let mut root = inode.block;
             let r = ExtentTree::new(&mut root, &io, self.block_size, ino).split_at(first as u32);
             self.es.forget_mapped(ino);
             inode.block = root;
             self.adjust_blocks(&mut inode, io.delta.get());
+            if r.is_ok() {
+                let mut s = d.sizes();
+                s.size += len;
+                s.disksize += len;
+            }
             self.store_inode(ino, &inode)?;
             r?;
         }
