@@ -1,8 +1,9 @@
 //! fsx-style random data operations through `vhost-ext4 mount`, checked against an in-memory
 //! model: unaligned writes that extend, appends, truncates up and down, every fallocate mode the
-//! kernel's FUSE passes on, writes through a shared mmap, copy_file_range, fsync and read-backs.
-//! Several image layouts (4 KiB and 1 KiB blocks, with and without a journal, ext3-style
-//! indirect maps, where fallocate must be refused as the kernel refuses it). After unmounting,
+//! kernel's FUSE passes on (it refuses collapse and insert range itself, as EOPNOTSUPP), writes
+//! through a shared mmap, copy_file_range, fsync and read-backs. Several image layouts (4 KiB
+//! and 1 KiB blocks, with and without a journal, ext3-style indirect maps, which punch holes
+//! and refuse the other fallocate modes as the kernel's ext4 does). After unmounting,
 //! `e2fsck -fn` must find the image clean and the kernel's ext4 must read every file exactly as
 //! the model has it.
 
@@ -134,6 +135,7 @@ fn run(name: &str, mkfs: &[&str], extents: bool, seed: u64, ops: usize, mount_ar
         })
         .collect();
     let mut history: Vec<String> = Vec::new();
+    let (mut refused_shifts, mut passed_shifts) = (0usize, 0usize);
     for step in 0..ops {
         let i = rng.below(FILES as u64) as usize;
         let f = &files[i];
@@ -186,22 +188,66 @@ fn run(name: &str, mkfs: &[&str], extents: bool, seed: u64, ops: usize, mount_ar
                 history.push(format!("f{i} truncate {new}"));
             }
             59..=74 => {
-                let off = rng.below(MAX);
-                let len = 1 + rng.below(200_000);
-                let modes = [
-                    0,
-                    libc::FALLOC_FL_KEEP_SIZE,
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    libc::FALLOC_FL_ZERO_RANGE,
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                ];
-                let mode = modes[rng.below(modes.len() as u64) as usize];
+                let kind = rng.below(8);
+                let (off, len, mode) = if kind < 6 {
+                    let modes = [
+                        0,
+                        libc::FALLOC_FL_KEEP_SIZE,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        libc::FALLOC_FL_ZERO_RANGE,
+                        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    ];
+                    (rng.below(MAX), 1 + rng.below(200_000), modes[kind as usize])
+                } else {
+                    // Collapse or insert, 4 KiB-aligned (a multiple of every block size here).
+                    let mode = if kind == 6 {
+                        libc::FALLOC_FL_COLLAPSE_RANGE
+                    } else {
+                        libc::FALLOC_FL_INSERT_RANGE
+                    };
+                    let bs = 4096;
+                    (
+                        rng.below(size / bs + 1) * bs,
+                        (1 + rng.below(32)) * bs,
+                        mode,
+                    )
+                };
                 let r = fallocate(f, mode, off, len);
-                if !extents {
-                    if mode & libc::FALLOC_FL_PUNCH_HOLE == 0 {
-                        let e = r.expect_err("indirect files refuse fallocate");
-                        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{ctx}");
+                let shift = mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE);
+                if shift != 0 {
+                    // The kernel's FUSE (fuse_file_fallocate, 6.18) passes only KEEP_SIZE,
+                    // PUNCH_HOLE and ZERO_RANGE on: collapse and insert never reach the daemon.
+                    // Should a kernel pass them, they must do what ext4 does.
+                    let invalid = if shift == libc::FALLOC_FL_COLLAPSE_RANGE {
+                        off + len >= size
+                    } else {
+                        off >= size
+                    };
+                    match r {
+                        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                            refused_shifts += 1;
+                        }
+                        Err(e) if invalid && extents => {
+                            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{ctx}")
+                        }
+                        Ok(()) if !invalid && extents => {
+                            passed_shifts += 1;
+                            let (o, e) = (off as usize, (off + len) as usize);
+                            if shift == libc::FALLOC_FL_COLLAPSE_RANGE {
+                                models[i].drain(o..e);
+                            } else {
+                                models[i].splice(o..o, std::iter::repeat_n(0, e - o));
+                            }
+                            history.push(format!("f{i} fallocate {off}+{len} mode {mode:#x}"));
+                        }
+                        r => panic!("{ctx}: fallocate {off}+{len} mode {mode:#x}: {r:?}"),
                     }
+                    continue;
+                }
+                if !extents && mode & libc::FALLOC_FL_PUNCH_HOLE == 0 {
+                    let e = r.expect_err("indirect files refuse fallocate");
+                    assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{ctx}");
                     continue;
                 }
                 r.unwrap_or_else(|e| panic!("{ctx}: fallocate {off}+{len} mode {mode:#x}: {e}"));
@@ -259,6 +305,17 @@ fn run(name: &str, mkfs: &[&str], extents: bool, seed: u64, ops: usize, mount_ar
             }
         }
     }
+    eprintln!(
+        "{name}: collapse/insert refused by the kernel {refused_shifts}, passed on {passed_shifts}"
+    );
+    assert!(
+        refused_shifts + passed_shifts > 0,
+        "{name}: no collapse or insert ran"
+    );
+    assert!(
+        refused_shifts == 0 || passed_shifts == 0,
+        "{name}: the kernel passed some collapse/insert calls on and refused others"
+    );
     drop(files);
     let stderr = m.unmount();
     assert!(

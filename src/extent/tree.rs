@@ -11,6 +11,9 @@ use crate::ondisk::extent::{
 };
 use crate::ondisk::inode::I_BLOCK_LEN;
 
+/// A physical run (first block, count) that left the tree.
+pub type Run = (u64, u32);
+
 /// Longest unwritten extent (one less than the initialized maximum).
 const MAX_UNWRITTEN_LEN: u32 = MAX_INIT_LEN - 1;
 
@@ -352,9 +355,22 @@ impl<'a> ExtentTree<'a> {
 
     /// Unmap `[start, end)`; returns the physical runs that were mapped there (data to free).
     pub fn remove(&mut self, start: u32, end: u64) -> Result<Vec<(u64, u32)>> {
+        Ok(self.remove_leaves(start, end, usize::MAX)?.0)
+    }
+
+    /// Like `remove`, but touching at most `max_leaves` leaves (a bounded change): returns the
+    /// runs unmapped and where to continue, `None` when `[start, end)` is done.
+    pub fn remove_leaves(
+        &mut self,
+        start: u32,
+        end: u64,
+        max_leaves: usize,
+    ) -> Result<(Vec<Run>, Option<u32>)> {
         let mut freed = Vec::new();
         let mut cursor = start as u64;
+        let mut leaves = 0;
         while cursor < end {
+            leaves += 1;
             let mut path = self.path(cursor as u32)?;
             let owner = self.owner;
             let v = leaf_entries(&mut path, owner)?;
@@ -403,12 +419,176 @@ impl<'a> ExtentTree<'a> {
                 break;
             }
             match next {
-                Some(k) if (k as u64) > cursor && (k as u64) < end => cursor = k as u64,
+                Some(k) if (k as u64) > cursor && (k as u64) < end => {
+                    if leaves >= max_leaves {
+                        self.shrink()?;
+                        return Ok((freed, Some(k)));
+                    }
+                    cursor = k as u64
+                }
                 _ => break,
             }
         }
         self.shrink()?;
-        Ok(freed)
+        Ok((freed, None))
+    }
+
+    /// Split the extent that straddles `lblk` (starts before it, ends after it) in two at `lblk`,
+    /// so that no extent crosses it. Nothing happens when none does.
+    pub fn split_at(&mut self, lblk: u32) -> Result<()> {
+        let mut path = self.path(lblk)?;
+        let owner = self.owner;
+        let v = leaf_entries(&mut path, owner)?;
+        let i = v.partition_point(|x| x.lblk < lblk);
+        if i == 0 {
+            return Ok(());
+        }
+        let x = v[i - 1];
+        let head = lblk - x.lblk;
+        if (x.lblk as u64 + x.len as u64) <= lblk as u64 {
+            return Ok(());
+        }
+        v[i - 1].len = head;
+        v.insert(
+            i,
+            Extent {
+                lblk,
+                len: x.len - head,
+                pblk: x.pblk + head as u64,
+                unwritten: x.unwritten,
+            },
+        );
+        self.repair(path)
+    }
+
+    /// End (one past the last block) of the last extent, 0 for an empty tree.
+    pub fn last_end(&self) -> Result<u64> {
+        let mut path = self.path(u32::MAX)?;
+        let v = leaf_entries(&mut path, self.owner)?;
+        Ok(v.last().map_or(0, |x| x.lblk as u64 + x.len as u64))
+    }
+
+    /// Move the extents that start in `[lo, hi)` by `delta` blocks (left when negative), at most
+    /// `max_leaves` leaves per call: lowest leaf first when moving left, highest first when
+    /// moving right, so the tree stays sorted and valid after every call. The caller guarantees
+    /// that the blocks they move into are unmapped (and that no extent straddles `lo`). Returns
+    /// the part of `[lo, hi)` still to move, `None` when done. Index keys follow their children;
+    /// neighbours that become contiguous are not merged here (see `merge_at`).
+    pub fn shift(
+        &mut self,
+        lo: u32,
+        hi: u64,
+        delta: i64,
+        max_leaves: usize,
+    ) -> Result<Option<(u32, u64)>> {
+        let owner = self.owner;
+        let bad =
+            |what: &str| crate::corrupt!("inode {owner}: shifting extents by {delta}: {what}");
+        let (mut lo, mut hi) = (lo, hi.min(1 << 32));
+        let mut leaves = 0;
+        while (lo as u64) < hi {
+            if leaves == max_leaves.max(1) {
+                return Ok(Some((lo, hi)));
+            }
+            leaves += 1;
+            if delta < 0 {
+                let mut path = self.path(lo)?;
+                let next = self.next_leaf_key(&path);
+                let v = leaf_entries(&mut path, owner)?;
+                let i0 = v.partition_point(|x| x.lblk < lo);
+                let mut changed = false;
+                for i in i0..v.len() {
+                    if v[i].lblk as u64 >= hi {
+                        break;
+                    }
+                    let new = v[i].lblk as i64 + delta;
+                    let floor = if i > 0 {
+                        v[i - 1].lblk as i64 + v[i - 1].len as i64
+                    } else {
+                        0
+                    };
+                    if new < floor {
+                        return Err(bad(&format!(
+                            "the extent at {} would overlap its left neighbour",
+                            v[i].lblk
+                        )));
+                    }
+                    v[i].lblk = new as u32;
+                    changed = true;
+                }
+                if changed {
+                    self.repair(path)?;
+                }
+                match next {
+                    Some(k) if k > lo && (k as u64) < hi => lo = k,
+                    _ => return Ok(None),
+                }
+            } else {
+                let mut path = self.path((hi - 1) as u32)?;
+                let v = leaf_entries(&mut path, owner)?;
+                let Some(first_key) = v.first().map(|x| x.lblk) else {
+                    return Ok(None);
+                };
+                let i1 = v.partition_point(|x| (x.lblk as u64) < hi);
+                let mut changed = false;
+                for i in (0..i1).rev() {
+                    if v[i].lblk < lo {
+                        break;
+                    }
+                    let new = v[i].lblk as u64 + delta as u64;
+                    let ceiling = v.get(i + 1).map_or(u32::MAX as u64, |x| x.lblk as u64);
+                    if new + v[i].len as u64 > ceiling {
+                        return Err(bad(&format!(
+                            "the extent at {} would overlap its right neighbour or pass the last block",
+                            v[i].lblk
+                        )));
+                    }
+                    v[i].lblk = new as u32;
+                    changed = true;
+                }
+                if changed {
+                    self.repair(path)?;
+                }
+                if first_key > lo && (first_key as u64) < hi {
+                    hi = first_key as u64;
+                } else {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Merge the extent that ends at `lblk` with the one that starts there when they continue
+    /// each other (same state, contiguous on disk, not too long together).
+    pub fn merge_at(&mut self, lblk: u32) -> Result<()> {
+        if lblk == 0 {
+            return Ok(());
+        }
+        let left = {
+            let mut path = self.path(lblk - 1)?;
+            let v = leaf_entries(&mut path, self.owner)?;
+            let i = v.partition_point(|x| x.lblk < lblk);
+            match i.checked_sub(1).map(|i| v[i]) {
+                Some(x) if x.lblk as u64 + x.len as u64 == lblk as u64 => x,
+                _ => return Ok(()),
+            }
+        };
+        let right = {
+            let mut path = self.path(lblk)?;
+            let v = leaf_entries(&mut path, self.owner)?;
+            match v.iter().find(|x| x.lblk == lblk) {
+                Some(x) => *x,
+                None => return Ok(()),
+            }
+        };
+        if !can_merge(&left, &right) {
+            return Ok(());
+        }
+        // Take the right one out and put it back: the insert merges it into its left neighbour
+        // (in the same leaf or the previous one).
+        self.remove(lblk, lblk as u64 + right.len as u64)?;
+        self.insert_one(right)
     }
 
     /// First key of the leaf after the one `path` ends in.
@@ -711,6 +891,146 @@ mod tests {
             // Removing everything frees every node and leaves an empty leaf root.
             t.remove(0, u32::MAX as u64 + 1).unwrap();
             assert!(t.extents().unwrap().is_empty());
+            assert!(io.blocks.borrow().is_empty(), "node blocks leaked");
+        }
+    }
+
+    /// Collapse- and insert-style edits (remove + shift left + merge; split + shift right), in
+    /// small batches of leaves, against a block model: structure and mapping stay exact.
+    #[test]
+    fn shifts_split_and_merge_match_a_model() {
+        for bs in [1024usize, 4096] {
+            let io = Mem {
+                blocks: RefCell::new(HashMap::new()),
+                next: RefCell::new(0),
+                bs,
+            };
+            let mut root = [0u8; I_BLOCK_LEN];
+            ExtentTree::init_empty(&mut root);
+            let mut t = ExtentTree::new(&mut root, &io, bs as u32, 12);
+            let mut model: BTreeMap<u32, (u64, bool)> = BTreeMap::new();
+            let mut rng = 0x1234_5678_9ABC_DEF1u64 ^ bs as u64;
+            let mut next = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let mut merged = 0;
+            let mut max_depth = 0;
+            for step in 0..3000 {
+                match next() % 6 {
+                    0..=3 => {
+                        let lblk = (next() % 30_000) as u32;
+                        let len = 1 + (next() % 6) as u32;
+                        if (lblk..lblk + len).any(|b| model.contains_key(&b)) {
+                            continue;
+                        }
+                        // Physically right after the extent before the hole half of the time,
+                        // so that collapses create mergeable neighbours.
+                        let before = model.range(..lblk).next_back();
+                        let pblk = match before {
+                            Some((_, p)) if next() % 2 == 0 => p.0 + 1,
+                            _ => lblk as u64 * 5 + 3,
+                        };
+                        let unwritten = next() % 6 == 0;
+                        t.insert(Extent {
+                            lblk,
+                            len,
+                            pblk,
+                            unwritten,
+                        })
+                        .unwrap();
+                        for i in 0..len {
+                            model.insert(lblk + i, (pblk + i as u64, unwritten));
+                        }
+                    }
+                    4 => {
+                        // Collapse [s, s + n): random, or exactly the hole between two
+                        // extents (their neighbours may become mergeable).
+                        let mut s = (next() % 30_000) as u32;
+                        let mut n = 1 + (next() % 200) as u32;
+                        let all = t.extents().unwrap();
+                        if all.len() > 1 && next() % 2 == 0 {
+                            let i = (next() % (all.len() as u64 - 1)) as usize;
+                            let e = all[i + 1].lblk - (all[i].lblk + all[i].len);
+                            if e > 0 {
+                                s = all[i].lblk + all[i].len;
+                                n = e;
+                            }
+                        }
+                        // In batches of a few leaves, as collapse does.
+                        let mut gone = 0usize;
+                        let mut at = Some(s);
+                        while let Some(a) = at {
+                            let (freed, next) = t
+                                .remove_leaves(a, s as u64 + n as u64, 1 + (next() % 2) as usize)
+                                .unwrap();
+                            gone += freed.iter().map(|r| r.1 as usize).sum::<usize>();
+                            at = next;
+                            check(&t);
+                        }
+                        let before = model.len();
+                        model.retain(|&k, _| k < s || k >= s + n);
+                        assert_eq!(before - model.len(), gone, "step {step}");
+                        let mut range = Some((s + n, 1u64 << 32));
+                        while let Some((lo, hi)) = range {
+                            range = t
+                                .shift(lo, hi, -(n as i64), 1 + (next() % 3) as usize)
+                                .unwrap();
+                            check(&t);
+                        }
+                        let count = t.extents().unwrap().len();
+                        t.merge_at(s).unwrap();
+                        merged += count - t.extents().unwrap().len();
+                        model = model
+                            .into_iter()
+                            .map(|(k, v)| (if k >= s + n { k - n } else { k }, v))
+                            .collect();
+                    }
+                    _ => {
+                        // Insert a hole of n blocks at s.
+                        let s = (next() % 30_000) as u32;
+                        let n = 1 + (next() % 200) as u32;
+                        t.split_at(s).unwrap();
+                        check(&t);
+                        let mut range = Some((s, 1u64 << 32));
+                        while let Some((lo, hi)) = range {
+                            range = t
+                                .shift(lo, hi, n as i64, 1 + (next() % 3) as usize)
+                                .unwrap();
+                            check(&t);
+                        }
+                        model = model
+                            .into_iter()
+                            .map(|(k, v)| (if k >= s { k + n } else { k }, v))
+                            .collect();
+                        let end = t.last_end().unwrap();
+                        assert_eq!(
+                            end,
+                            model.keys().next_back().map_or(0, |&k| k as u64 + 1),
+                            "step {step}: last end"
+                        );
+                    }
+                }
+                assert_eq!(model_of(&t), model, "step {step}");
+                max_depth = max_depth.max(t.load_root().unwrap().depth);
+            }
+            check(&t);
+            assert!(merged > 0, "no collapse ever merged neighbours");
+            assert!(
+                max_depth >= if bs == 1024 { 2 } else { 1 },
+                "the tree never grew: depth {max_depth}"
+            );
+            // Moving past the last logical block is refused, not wrapped.
+            let end = t.last_end().unwrap();
+            if end > 0 {
+                assert!(
+                    t.shift(0, 1 << 32, (u32::MAX as u64 - end + 1) as i64, 1000)
+                        .is_err()
+                );
+            }
+            t.remove(0, u32::MAX as u64 + 1).unwrap();
             assert!(io.blocks.borrow().is_empty(), "node blocks leaked");
         }
     }

@@ -230,12 +230,29 @@ impl Fs {
     /// empty. Nothing changes when the map turns out corrupt. Returns the blocks freed (data and
     /// indirect), for `i_blocks`.
     pub(super) fn ind_truncate(&self, ino: Ino, inode: &mut Inode, from: u64) -> Result<i64> {
+        self.ind_free_range(ino, inode, from, u64::MAX)
+    }
+
+    /// Free every block mapped in logical blocks `[from, end)`, and every indirect block the
+    /// range leaves empty (a punched hole in the middle of the file, or a truncate with `end`
+    /// at the maximum; the kernel's `ext4_ind_remove_space`). Nothing changes when the map
+    /// turns out corrupt. Returns the blocks freed (data and indirect), for `i_blocks`.
+    pub(super) fn ind_free_range(
+        &self,
+        ino: Ino,
+        inode: &mut Inode,
+        from: u64,
+        end: u64,
+    ) -> Result<i64> {
+        if from >= end {
+            return Ok(0);
+        }
         let apb = self.ind_apb();
         // Data blocks of directories and symlinks are metadata too.
         let data_is_meta = !inode.is_reg();
         let mut plan = Plan::default();
         let mut iblock = inode.block;
-        for i in from.min(NDIR)..NDIR {
+        for i in from.min(NDIR)..end.min(NDIR) {
             let w = u32_at(&iblock, i as usize * 4);
             if w != 0 {
                 let p = self.ind_check(ino, None, w)?;
@@ -247,10 +264,11 @@ impl Fs {
         for (slot, levels) in [(12usize, 1u32), (13, 2), (14, 3)] {
             let span = apb.pow(levels);
             let w = u32_at(&iblock, slot * 4);
-            if w != 0 && from < base + span {
+            if w != 0 && from < base + span && end > base {
                 let p = self.ind_check(ino, None, w)?;
                 let off = from.saturating_sub(base);
-                if self.ind_trunc_block(ino, p, levels, off, data_is_meta, &mut plan)? {
+                let off_end = (end - base).min(span);
+                if self.ind_free_block(ino, p, levels, off, off_end, data_is_meta, &mut plan)? {
                     put_u32(&mut iblock, slot * 4, 0);
                 }
             }
@@ -286,24 +304,26 @@ impl Fs {
         Ok(n)
     }
 
-    /// Plan freeing everything at offset `off` and beyond inside indirect block `blk` (which maps
-    /// `apb^levels` logical blocks). Returns true when `blk` ends up empty and is freed too.
-    fn ind_trunc_block(
+    /// Plan freeing everything in `[off, off_end)` (offsets inside the range it maps) below
+    /// indirect block `blk`, which maps `apb^levels` logical blocks. Returns true when `blk`
+    /// ends up empty and is freed too.
+    #[allow(clippy::too_many_arguments)]
+    fn ind_free_block(
         &self,
         ino: Ino,
         blk: u64,
         levels: u32,
         off: u64,
+        off_end: u64,
         data_is_meta: bool,
         plan: &mut Plan,
     ) -> Result<bool> {
-        let apb = self.ind_apb();
-        let child_span = apb.pow(levels - 1);
+        let child_span = self.ind_apb().pow(levels - 1);
         let first = (off / child_span) as usize;
-        let sub = off % child_span;
+        let last = off_end.div_ceil(child_span) as usize;
         let mut b = self.block_for_write(blk)?;
         let mut changed = false;
-        for i in first..apb as usize {
+        for i in first..last {
             let w = u32_at(&b, i * 4);
             if w == 0 {
                 continue;
@@ -313,8 +333,10 @@ impl Fs {
                 plan.free.push((p, data_is_meta));
                 true
             } else {
-                let child_off = if i == first { sub } else { 0 };
-                self.ind_trunc_block(ino, p, levels - 1, child_off, data_is_meta, plan)?
+                let base = i as u64 * child_span;
+                let sub = off.max(base) - base;
+                let sub_end = off_end.min(base + child_span) - base;
+                self.ind_free_block(ino, p, levels - 1, sub, sub_end, data_is_meta, plan)?
             };
             if gone {
                 put_u32(&mut b, i * 4, 0);

@@ -157,8 +157,8 @@ impl Fs {
         Ok(())
     }
 
-    /// fallocate(2): allocate (mode 0, KEEP_SIZE), PUNCH_HOLE, ZERO_RANGE; with the kernel's
-    /// answers for what ext4 refuses.
+    /// fallocate(2): allocate (mode 0, KEEP_SIZE), PUNCH_HOLE, ZERO_RANGE, COLLAPSE_RANGE and
+    /// INSERT_RANGE; with the kernel's answers for what ext4 refuses.
     pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: u32) -> Result<()> {
         if self.is_read_only() {
             return Err(Errno::EROFS);
@@ -174,8 +174,14 @@ impl Fs {
         if len == 0 || (offset as i64) < 0 || (len as i64) < 0 {
             return Err(Errno::EINVAL);
         }
-        if mode & FALLOC_FL_PUNCH_HOLE != 0 && mode & FALLOC_FL_KEEP_SIZE == 0 {
-            return Err(Errno::EOPNOTSUPP);
+        // One operation at a time, as vfs_fallocate checks: punch needs KEEP_SIZE, collapse
+        // and insert refuse it.
+        match mode & !FALLOC_FL_KEEP_SIZE {
+            0 | FALLOC_FL_ZERO_RANGE => {}
+            FALLOC_FL_PUNCH_HOLE if mode & FALLOC_FL_KEEP_SIZE != 0 => {}
+            FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE
+                if mode & FALLOC_FL_KEEP_SIZE == 0 => {}
+            _ => return Err(Errno::EOPNOTSUPP),
         }
         let d = self.inode_data(ino)?;
         let _w = d.write_lock();
@@ -193,11 +199,10 @@ impl Fs {
             return Err(Errno::EOPNOTSUPP);
         }
         if mode & FALLOC_FL_PUNCH_HOLE != 0 {
-            if !inode.has_flag(flags::EXTENTS) {
-                // Punching indirect maps is not implemented yet.
+            if inode.has_flag(flags::INLINE_DATA) {
                 return Err(Errno::EOPNOTSUPP);
             }
-            self.punch(ino, &d, offset, len)?;
+            self.punch(ino, &d, offset, len, inode.has_flag(flags::EXTENTS))?;
             return self.touch_times(ino, true);
         }
         if !inode.has_flag(flags::EXTENTS) || inode.has_flag(flags::INLINE_DATA) {
@@ -210,12 +215,18 @@ impl Fs {
             FALLOC_FL_ZERO_RANGE => {
                 let size = d.sizes().size;
                 if offset < size {
-                    self.punch(ino, &d, offset, len.min(size - offset))?;
+                    self.punch(ino, &d, offset, len.min(size - offset), true)?;
                 }
                 self.allocate_range(ino, &d, offset, len)?;
             }
-            // Collapse and insert range are not implemented yet.
-            _ => return Err(Errno::EOPNOTSUPP),
+            FALLOC_FL_COLLAPSE_RANGE => {
+                self.collapse_range(ino, &d, offset, len)?;
+                return self.touch_times(ino, true);
+            }
+            _ => {
+                self.insert_range(ino, &d, offset, len, self.max_file_bytes(&inode))?;
+                return self.touch_times(ino, true);
+            }
         }
         let mut grew = false;
         if mode & FALLOC_FL_KEEP_SIZE == 0 {
@@ -228,6 +239,125 @@ impl Fs {
             s.disksize = s.disksize.max(end);
         }
         self.touch_times(ino, grew || mode & FALLOC_FL_ZERO_RANGE != 0)
+    }
+
+    /// COLLAPSE_RANGE (the kernel's ext4_collapse_range): remove `[offset, offset + len)` and
+    /// move everything after it down; the file shrinks by `len`. Block-aligned, ending before
+    /// EOF (EINVAL otherwise).
+    fn collapse_range(&self, ino: Ino, d: &InodeData, offset: u64, len: u64) -> Result<()> {
+        let bs = self.block_size as u64;
+        if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
+            return Err(Errno::EINVAL);
+        }
+        let size = d.sizes().size;
+        if offset + len >= size {
+            return Err(Errno::EINVAL);
+        }
+        let (first, n) = (offset / bs, len / bs);
+        // Everything from `offset` on goes to disk and leaves the cache: the blocks move.
+        self.writeback_inode(ino, d, offset / PAGE_SIZE as u64, u64::MAX)?;
+        self.forget_blocks_from(ino, d, first);
+        self.unmap_range(ino, first, first + n)?;
+        self.shift_extents(ino, first + n, -(n as i64))?;
+        {
+            let _g = self.ns_write();
+            let mut inode = self.read_inode(ino)?;
+            let io = NodeIo::new(self, ino, &inode);
+            let mut root = inode.block;
+            let r = ExtentTree::new(&mut root, &io, self.block_size, ino).merge_at(first as u32);
+            self.es.forget_mapped(ino);
+            inode.block = root;
+            self.adjust_blocks(&mut inode, io.delta.get());
+            *d.sizes() = super::Sizes {
+                size: size - len,
+                disksize: size - len,
+            };
+            self.store_inode(ino, &inode)?;
+            r?;
+        }
+        self.commit_if_large()
+    }
+
+    /// INSERT_RANGE (the kernel's ext4_insert_range): move everything from `offset` on up by
+    /// `len`, leaving a hole; the file grows by `len`. Block-aligned, inside the file (EINVAL
+    /// otherwise), not past the maximum size (EFBIG).
+    fn insert_range(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        offset: u64,
+        len: u64,
+        max_bytes: u64,
+    ) -> Result<()> {
+        let bs = self.block_size as u64;
+        if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
+            return Err(Errno::EINVAL);
+        }
+        let size = d.sizes().size;
+        if offset >= size {
+            return Err(Errno::EINVAL);
+        }
+        if len > max_bytes.saturating_sub(size) {
+            return Err(Errno::EFBIG);
+        }
+        let (first, n) = (offset / bs, len / bs);
+        {
+            // Blocks allocated past EOF move too: they must stay addressable.
+            let _g = self.ns_read();
+            let inode = self.read_inode(ino)?;
+            let io = NodeIo::new(self, ino, &inode);
+            let mut root = inode.block;
+            let end = ExtentTree::new(&mut root, &io, self.block_size, ino).last_end()?;
+            if end + n > u32::MAX as u64 {
+                return Err(Errno::EFBIG);
+            }
+        }
+        self.writeback_inode(ino, d, offset / PAGE_SIZE as u64, u64::MAX)?;
+        self.forget_blocks_from(ino, d, first);
+        {
+            // Split the extent at the offset, and grow the size before anything moves, so a
+            // commit while shifting never finds a moved block past EOF.
+            let _g = self.ns_write();
+            let mut inode = self.read_inode(ino)?;
+            let io = NodeIo::new(self, ino, &inode);
+            let mut root = inode.block;
+            let r = ExtentTree::new(&mut root, &io, self.block_size, ino).split_at(first as u32);
+            self.es.forget_mapped(ino);
+            inode.block = root;
+            self.adjust_blocks(&mut inode, io.delta.get());
+            if r.is_ok() {
+                let mut s = d.sizes();
+                s.size += len;
+                s.disksize += len;
+            }
+            self.store_inode(ino, &inode)?;
+            r?;
+        }
+        self.shift_extents(ino, first, n as i64)?;
+        self.commit_if_large()
+    }
+
+    /// Move every extent that starts at or after block `from` by `delta` blocks, a bounded batch
+    /// of leaves per handle (lowest first when moving left, highest first when moving right), so
+    /// each handle fits the log and the tree is valid at every commit point.
+    fn shift_extents(&self, ino: Ino, from: u64, delta: i64) -> Result<()> {
+        const LEAVES: usize = 8;
+        let credits = LEAVES * (crate::ondisk::extent::MAX_DEPTH as usize + 1) + 8;
+        let mut range = Some((from.min(u32::MAX as u64) as u32, 1u64 << 32));
+        while let Some((lo, hi)) = range {
+            let _g = self.start_handle(credits);
+            let mut inode = self.read_inode(ino)?;
+            let io = NodeIo::new(self, ino, &inode);
+            let mut root = inode.block;
+            let r =
+                ExtentTree::new(&mut root, &io, self.block_size, ino).shift(lo, hi, delta, LEAVES);
+            self.es.forget_mapped(ino);
+            inode.block = root;
+            self.adjust_blocks(&mut inode, io.delta.get());
+            self.store_inode(ino, &inode)?;
+            range = r?;
+        }
+        Ok(())
     }
 
     /// ctime (and mtime when the contents or size changed) move.
@@ -281,7 +411,7 @@ impl Fs {
 
     /// Punch `[offset, offset + len)` (within the size): partial blocks zeroed, whole blocks
     /// unmapped and freed, cached data and reservations dropped.
-    fn punch(&self, ino: Ino, d: &InodeData, offset: u64, len: u64) -> Result<()> {
+    fn punch(&self, ino: Ino, d: &InodeData, offset: u64, len: u64, extents: bool) -> Result<()> {
         let size = d.sizes().size;
         if offset >= size {
             return Ok(());
@@ -301,30 +431,70 @@ impl Fs {
         }
         if end_full > first_full {
             self.forget_blocks(ino, d, first_full, end_full - first_full);
-            self.unmap_range(ino, first_full, end_full)?;
+            if extents {
+                self.unmap_range(ino, first_full, end_full)?;
+            } else {
+                self.unmap_ind_range(ino, first_full, end_full)?;
+            }
         }
         Ok(())
     }
 
-    /// Remove the extents of `[first, end)` and free their blocks, in one handle.
-    fn unmap_range(&self, ino: Ino, first: u64, end: u64) -> Result<()> {
-        let _g = self.ns_write();
-        let mut inode = self.read_inode(ino)?;
-        let io = NodeIo::new(self, ino, &inode);
-        let mut root = inode.block;
-        let r = ExtentTree::new(&mut root, &io, self.block_size, ino)
-            .remove(first.min(u32::MAX as u64) as u32, end.min(1 << 32));
-        self.es.forget_mapped(ino);
-        inode.block = root;
-        let freed = r?;
-        let mut n = 0i64;
-        for (p, len) in freed {
-            self.alloc.free_blocks(self, p, len)?;
-            n += len as i64;
+    /// Free the blocks of `[first, end)` of an indirect-mapped file and the indirect blocks
+    /// left empty, a bounded slice of the range per handle (so each fits the log).
+    fn unmap_ind_range(&self, ino: Ino, first: u64, end: u64) -> Result<()> {
+        // At most 16 leaf indirect blocks (and their parents) per handle.
+        let step = (self.block_size as u64 / 4) * 16;
+        let mut at = first;
+        while at < end {
+            let to = end.min((at / step + 1) * step);
+            {
+                let _g = self.ns_write();
+                let mut inode = self.read_inode(ino)?;
+                let r = self.ind_free_range(ino, &mut inode, at, to);
+                self.es.forget_mapped(ino);
+                let freed = r?;
+                self.adjust_blocks(&mut inode, -freed);
+                self.store_inode(ino, &inode)?;
+            }
+            self.commit_if_large()?;
+            at = to;
         }
-        self.adjust_blocks(&mut inode, io.delta.get() - n);
-        self.store_inode(ino, &inode)?;
-        self.commit_if_large()
+        Ok(())
+    }
+
+    /// Remove the extents of `[first, end)` and free their blocks, a bounded number of leaves
+    /// per handle (so each fits the log).
+    fn unmap_range(&self, ino: Ino, first: u64, end: u64) -> Result<()> {
+        const LEAVES: usize = 4;
+        let credits = LEAVES * (crate::ondisk::extent::MAX_DEPTH as usize + 1) + 32;
+        let mut at = Some(first.min(u32::MAX as u64) as u32);
+        while let Some(start) = at {
+            {
+                let _g = self.start_handle(credits);
+                let mut inode = self.read_inode(ino)?;
+                let io = NodeIo::new(self, ino, &inode);
+                let mut root = inode.block;
+                let r = ExtentTree::new(&mut root, &io, self.block_size, ino).remove_leaves(
+                    start,
+                    end.min(1 << 32),
+                    LEAVES,
+                );
+                self.es.forget_mapped(ino);
+                inode.block = root;
+                let (freed, next) = r?;
+                let mut n = 0i64;
+                for (p, len) in freed {
+                    self.alloc.free_blocks(self, p, len)?;
+                    n += len as i64;
+                }
+                self.adjust_blocks(&mut inode, io.delta.get() - n);
+                self.store_inode(ino, &inode)?;
+                at = next;
+            }
+            self.commit_if_large()?;
+        }
+        Ok(())
     }
 
     /// copy_file_range through the page cache: up to `len` bytes from `ino_in` at `off_in` to

@@ -1,5 +1,6 @@
 //! The data path against an in-memory model: random unaligned writes, appends, truncates,
-//! every fallocate mode ext4 supports, copy_file_range, fsync and read-backs, on several image
+//! every fallocate mode ext4 supports (collapse and insert range included, and the refused
+//! cases with the kernel's errno), copy_file_range, fsync and read-backs, on several image
 //! layouts and with a small cache (so eviction, throttling and NoSlab paths run). At the end the
 //! image is unmounted, `e2fsck -fn` must find it clean, and the kernel's ext4 must read every
 //! file exactly as the model has it.
@@ -7,8 +8,8 @@
 use crate::errno::Errno;
 use crate::fs::testutil::{ctx, kernel_mount, kernel_umount};
 use crate::fs::{
-    FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, Fs,
-    MountOptions, ROOT_INO,
+    FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE, Fs, MountOptions, ROOT_INO,
 };
 use crate::test_support::e2fsck_clean;
 use std::path::Path;
@@ -82,6 +83,8 @@ fn random_ops(fs: &Fs, seed: u64, ops: usize, nfiles: usize, extents: bool) -> V
         .collect();
     let max = 3 << 20;
     let mut history: Vec<String> = Vec::new();
+    // Successful collapses, inserts and whole-block punches.
+    let mut done = [0usize; 3];
     let first_diff = |a: &[u8], b: &[u8]| {
         a.iter()
             .zip(b.iter())
@@ -146,31 +149,84 @@ fn random_ops(fs: &Fs, seed: u64, ops: usize, nfiles: usize, extents: bool) -> V
                 history.push(format!("{ino}: truncate {new}"));
             }
             63..=80 => {
-                let off = rng.below(max);
-                let len = 1 + rng.below(300_000);
-                let mode = [
-                    0,
-                    FALLOC_FL_KEEP_SIZE,
-                    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                    FALLOC_FL_ZERO_RANGE,
-                    FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
-                ][rng.below(5) as usize];
+                let bs = fs.block_size() as u64;
+                let kind = rng.below(12);
+                let (off, len, mode) = match kind {
+                    0..=6 => (
+                        rng.below(max),
+                        1 + rng.below(300_000),
+                        [
+                            0,
+                            FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_ZERO_RANGE,
+                            FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_ZERO_RANGE,
+                        ][kind as usize],
+                    ),
+                    7..=10 => {
+                        let mode = if kind < 9 {
+                            FALLOC_FL_COLLAPSE_RANGE
+                        } else {
+                            FALLOC_FL_INSERT_RANGE
+                        };
+                        if rng.below(6) == 0 {
+                            // Anything: mostly refused (unaligned, past EOF).
+                            (rng.below(size + 3 * bs), 1 + rng.below(64 * bs), mode)
+                        } else {
+                            let (o, n) = (rng.below(size / bs + 1), 1 + rng.below(48));
+                            (o * bs, n * bs, mode)
+                        }
+                    }
+                    _ => (
+                        rng.below(size + 1),
+                        1 + rng.below(8 * bs),
+                        // Combinations the kernel refuses.
+                        [
+                            FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_INSERT_RANGE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_PUNCH_HOLE,
+                            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                            FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE,
+                        ][rng.below(5) as usize],
+                    ),
+                };
+                let shift = mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE);
+                let aligned = off % bs == 0 && len % bs == 0;
+                let want = if kind == 11 || (!extents && mode & FALLOC_FL_PUNCH_HOLE == 0) {
+                    Err(Errno::EOPNOTSUPP)
+                } else if (shift == FALLOC_FL_COLLAPSE_RANGE && (!aligned || off + len >= size))
+                    || (shift == FALLOC_FL_INSERT_RANGE && (!aligned || off >= size))
+                {
+                    Err(Errno::EINVAL)
+                } else {
+                    Ok(())
+                };
                 let r = fs.fallocate(ino, off, len, mode);
-                if !extents && mode & FALLOC_FL_PUNCH_HOLE == 0 {
-                    assert_eq!(
-                        r,
-                        Err(Errno::EOPNOTSUPP),
-                        "{ctxs}: indirect files refuse fallocate mode {mode:#x}"
-                    );
-                    continue;
-                }
-                if !extents {
-                    // Punching indirect maps is not supported yet: the model stays.
+                if want.is_err() {
+                    assert_eq!(r, want, "{ctxs}: fallocate {off}+{len} mode {mode:#x}");
                     continue;
                 }
                 r.unwrap_or_else(|e| panic!("{ctxs}: fallocate {off}+{len} mode {mode:#x}: {e}"));
                 history.push(format!("{ino}: fallocate {off}+{len} mode {mode:#x}"));
                 let end = off + len;
+                if shift == FALLOC_FL_COLLAPSE_RANGE {
+                    model.drain(off as usize..end as usize);
+                    done[0] += 1;
+                    continue;
+                }
+                if shift == FALLOC_FL_INSERT_RANGE {
+                    done[1] += 1;
+                    model.splice(
+                        off as usize..off as usize,
+                        std::iter::repeat_n(0, len as usize),
+                    );
+                    continue;
+                }
+                if mode & FALLOC_FL_PUNCH_HOLE != 0 && off.div_ceil(bs) < end.min(size) / bs {
+                    done[2] += 1;
+                }
                 if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) != 0 {
                     let zend = end.min(model.len() as u64);
                     if off < zend {
@@ -223,6 +279,11 @@ fn random_ops(fs: &Fs, seed: u64, ops: usize, nfiles: usize, extents: bool) -> V
             }
         }
     }
+    let want = if extents { [40, 40, 40] } else { [0, 0, 40] };
+    assert!(
+        (0..3).all(|i| done[i] >= want[i]),
+        "seed {seed}: too few collapses, inserts and punches ran: {done:?}"
+    );
     files
 }
 
@@ -291,25 +352,175 @@ fn random_data_ops_match_the_model_ext3_indirect() {
     check_layout(&["-t", "ext3", "-b", "1024"], 44, false);
 }
 
+/// Read a whole file through the engine in slices (reads are capped per call).
+fn read_all(fs: &Fs, ino: u64, size: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size as usize);
+    while (out.len() as u64) < size {
+        let got = fs.read(ino, 0, out.len() as u64, 4 << 20).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&got);
+    }
+    out
+}
+
+/// Unmount, then `e2fsck -fn` (exact i_blocks, index keys, no leaked block) and the kernel's
+/// ext4 must read the file as the model has it.
+fn check_image(img: &Path, fs: Fs, name: &str, model: &[u8]) {
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(img);
+    let mnt = kernel_mount(img, "loop,ro");
+    let got = std::fs::read(mnt.join(name)).unwrap();
+    kernel_umount(&mnt);
+    assert!(got == model, "the kernel reads {name} differently");
+}
+
+/// Collapse and insert on a file with thousands of one-block extents (a depth-2 tree at 1 KiB
+/// blocks, shifted in many handles on a small journal), including collapses of exactly the
+/// holes between extents (neighbours that may merge) and inserts at block 0.
 #[test]
-fn collapse_and_insert_range_are_refused_for_now() {
+fn collapse_and_insert_on_a_deep_extent_tree() {
     let t = tempfile::tempdir().unwrap();
     let img = t.path().join("img");
-    mkfs(&img, &["-t", "ext4"], "32M");
+    mkfs(&img, &["-t", "ext4", "-b", "1024", "-J", "size=1"], "64M");
     let fs = mount(&img, 8 << 20);
-    let a = fs.mknod(ROOT_INO, b"f", 0o100644, 0, &ctx()).unwrap();
-    fs.write(a.ino, 0, &[7u8; 65536], 0).unwrap();
+    let ino = fs
+        .mknod(ROOT_INO, b"deep", 0o100644, 0, &ctx())
+        .unwrap()
+        .ino;
+    let bs = 1024u64;
+    let mut model = Vec::new();
+    let mut rng = Rng(77);
+    for b in (0..24_000u64).step_by(2) {
+        let data = pattern(&mut rng, bs as usize);
+        fs.write(ino, b * bs, &data, 0).unwrap();
+        model_write(&mut model, b * bs, &data);
+        if b % 4000 == 0 {
+            fs.fsync(ino, false).unwrap();
+        }
+    }
+    fs.fsync(ino, false).unwrap();
+    for step in 0..40 {
+        let size = model.len() as u64;
+        let nb = size / bs;
+        if step % 2 == 0 {
+            // Collapse: one block (a hole or an extent), or a long range.
+            let n = if rng.below(3) == 0 {
+                1 + rng.below(3000)
+            } else {
+                1
+            };
+            let o = rng.below(nb - n - 1);
+            fs.fallocate(ino, o * bs, n * bs, FALLOC_FL_COLLAPSE_RANGE)
+                .unwrap_or_else(|e| panic!("step {step}: collapse {o}+{n}: {e}"));
+            model.drain((o * bs) as usize..((o + n) * bs) as usize);
+        } else {
+            let n = 1 + rng.below(500);
+            let o = if rng.below(4) == 0 { 0 } else { rng.below(nb) };
+            fs.fallocate(ino, o * bs, n * bs, FALLOC_FL_INSERT_RANGE)
+                .unwrap_or_else(|e| panic!("step {step}: insert {o}+{n}: {e}"));
+            model.splice(
+                (o * bs) as usize..(o * bs) as usize,
+                std::iter::repeat_n(0, (n * bs) as usize),
+            );
+        }
+        if step % 10 == 9 {
+            assert!(
+                read_all(&fs, ino, model.len() as u64 + 1) == model,
+                "step {step}"
+            );
+            fs.sync().unwrap();
+        }
+    }
+    assert_eq!(fs.getattr(ino).unwrap().size, model.len() as u64);
+    // Past the last block an extent may not go.
     assert_eq!(
-        fs.fallocate(a.ino, 4096, 4096, FALLOC_FL_COLLAPSE_RANGE),
+        fs.fallocate(ino, 0, (1u64 << 32) * bs, FALLOC_FL_INSERT_RANGE),
+        Err(Errno::EFBIG)
+    );
+    check_image(&img, fs, "deep", &model);
+}
+
+/// Punching an ext3-style file across the direct, single, double and triple indirect ranges
+/// frees the data blocks and every indirect block left empty (e2fsck checks i_blocks and
+/// finds no orphaned indirect block).
+#[test]
+fn punch_indirect_map_across_all_levels() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("img");
+    mkfs(&img, &["-t", "ext3", "-b", "1024"], "32M");
+    let fs = mount(&img, 8 << 20);
+    let ino = fs
+        .mknod(ROOT_INO, b"sparse", 0o100644, 0, &ctx())
+        .unwrap()
+        .ino;
+    let bs = 1024u64;
+    // 12 direct, 256 single, 65536 double, then triple indirect.
+    let end = 12 + 256 + 65_536 + 3 * 65_536u64;
+    let mut model = Vec::new();
+    let mut rng = Rng(5);
+    let mut b = 0;
+    while b < end {
+        let data = pattern(&mut rng, bs as usize);
+        fs.write(ino, b * bs, &data, 0).unwrap();
+        model_write(&mut model, b * bs, &data);
+        b += if b < 400 { 1 } else { 1 + rng.below(400) };
+    }
+    fs.fsync(ino, false).unwrap();
+    let before = fs.statfs().unwrap().bfree;
+    let edges = [0u64, 12, 268, 65_804, 65_804 + 65_536];
+    for step in 0..60 {
+        let size = model.len() as u64;
+        // Around a level boundary, or anywhere; unaligned edges half of the time.
+        let (off, len) = if step % 2 == 0 {
+            let e = edges[rng.below(edges.len() as u64) as usize] * bs;
+            let o = e.saturating_sub(rng.below(300 * bs));
+            (o, 1 + rng.below(600 * bs))
+        } else {
+            (rng.below(size), 1 + rng.below(80_000 * bs))
+        };
+        let (off, len) = if step % 4 < 2 {
+            (off / bs * bs, (len / bs).max(1) * bs)
+        } else {
+            (off, len)
+        };
+        fs.fallocate(ino, off, len, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+            .unwrap_or_else(|e| panic!("step {step}: punch {off}+{len}: {e}"));
+        let zend = (off + len).min(size);
+        if off < zend {
+            model[off as usize..zend as usize].fill(0);
+        }
+        if step % 15 == 14 {
+            fs.sync().unwrap();
+        }
+    }
+    assert!(
+        fs.statfs().unwrap().bfree > before,
+        "punching freed nothing"
+    );
+    assert!(read_all(&fs, ino, model.len() as u64 + 1) == model);
+    // Everything: only the map's shape is left to free.
+    fs.fallocate(
+        ino,
+        0,
+        model.len() as u64,
+        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+    )
+    .unwrap();
+    model.fill(0);
+    let a = fs.getattr(ino).unwrap();
+    assert_eq!(a.blocks, 0, "every data and indirect block is freed");
+    assert_eq!(
+        fs.fallocate(ino, 0, bs, FALLOC_FL_COLLAPSE_RANGE),
         Err(Errno::EOPNOTSUPP)
     );
     assert_eq!(
-        fs.fallocate(a.ino, 0, 4096, FALLOC_FL_PUNCH_HOLE),
+        fs.fallocate(ino, 0, bs, FALLOC_FL_INSERT_RANGE),
         Err(Errno::EOPNOTSUPP)
     );
-    assert_eq!(fs.fallocate(a.ino, 0, 0, 0), Err(Errno::EINVAL));
-    fs.shutdown().unwrap();
-    e2fsck_clean(&img);
+    check_image(&img, fs, "sparse", &model);
 }
 
 /// Filling the file system ends with write() answering ENOSPC — never a later fsync EIO —;
