@@ -282,6 +282,7 @@ EOF
     if [ -n "$run_dir" ] && [ -d "$run_dir" ]; then
         rm -rf "$logdir/guest"
         mv "$run_dir" "$logdir/guest"
+        rm -f "$logdir/guest/initrd" "$logdir/guest/extra.cpio"
     fi
     if [ "$check_rc" != 0 ] && [ "$check_rc" != 1 ]; then
         echo "ci/xfstests.sh: the guest run ended with status $check_rc (logs: $workdir/run-guest.log, $logdir/guest/)" >&2
