@@ -6,12 +6,19 @@
 # The helper runs `e2fsck -fn` on the image before every mount (fstests cannot check a FUSE file
 # system itself) and records each unclean image in a log; the summary reports that count.
 #
+# Guest mode (--mode guest): fstests runs with FSTYP=virtiofs inside a QEMU guest (vm-images/).
+# Two `vhost-ext4 fs` daemons serve the TEST and SCRATCH images as the virtiofs tags vhetest and
+# vhescratch. The guest mounts the host's root read-only over 9p and chroots into it, so it runs
+# the host's programs and the fstests build of the work dir, which is shared writable (results
+# land there). After the run both images get `e2fsck -fn` on the host. The default selection is
+# the guest list below (--group generic/quick runs the whole group).
+#
 # Usage: sudo bash ci/xfstests.sh [--fstests DIR|TARBALL] [--workdir DIR] [--tests "generic/001 ..."]
 #            [--group GROUP] [--image-size SIZE] [--test-timeout SECS] [--timeout SECS]
-#            [--daemon PATH] [--mode host|guest] [--build-only]
+#            [--daemon PATH] [--mode host|guest] [--smp N] [--mem SIZE] [--build-only]
 #
 # Output (in the work dir): results.tsv (test, result, seconds, class, reason), the fstests results
-# directory, the mount helper's logs, and one summary line on stdout.
+# directory, the daemons' logs, and one summary line on stdout.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -25,8 +32,22 @@ total_timeout=14400
 daemon=""
 mode=host
 build_only=0
+group_set=0
+smp=2
+mem=2G
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+# Guest mode's default selection: generic/quick tests that pass through the host mount, spread
+# over file data (buffered, O_DIRECT, sparse, append), fsx and fsstress, fallocate, rename, xattrs,
+# POSIX ACLs, mmap and a few namespace and attribute tests.
+guest_tests="
+    generic/002 generic/005 generic/008 generic/011 generic/013 generic/014 generic/023 generic/024
+    generic/025 generic/029 generic/030 generic/035 generic/053 generic/062 generic/071 generic/075
+    generic/078 generic/080 generic/086 generic/087 generic/088 generic/097 generic/098 generic/099
+    generic/103 generic/105 generic/123 generic/124 generic/126 generic/184 generic/213 generic/215
+    generic/221 generic/228 generic/236 generic/237 generic/246 generic/247 generic/248 generic/257
+    generic/263 generic/314 generic/319 generic/375 generic/377 generic/403 generic/469"
+
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 fail() { echo "ci/xfstests.sh: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -34,7 +55,9 @@ while [ $# -gt 0 ]; do
         --fstests) fstests_src=$2; shift ;;
         --workdir) workdir=$2; shift ;;
         --tests) tests=$2; shift ;;
-        --group) group=$2; shift ;;
+        --group) group=$2; group_set=1; shift ;;
+        --smp) smp=$2; shift ;;
+        --mem) mem=$2; shift ;;
         --image-size) image_size=$2; shift ;;
         --test-timeout) test_timeout=$2; shift ;;
         --timeout) total_timeout=$2; shift ;;
@@ -47,12 +70,23 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-[ "$(id -u)" = 0 ] || fail "run as root (fstests mounts, and installs a mount helper in /sbin)"
-[ -c /dev/fuse ] || modprobe fuse 2>/dev/null || true
-[ -c /dev/fuse ] || fail "/dev/fuse is missing"
 case "$mode" in
-    host) ;;
-    guest) fail "--mode guest (FSTYP=virtiofs in a QEMU guest) is not implemented yet: see README.md" ;;
+    host)
+        [ "$(id -u)" = 0 ] || fail "run as root (fstests mounts, and installs a mount helper in /sbin)"
+        [ -c /dev/fuse ] || modprobe fuse 2>/dev/null || true
+        [ -c /dev/fuse ] || fail "/dev/fuse is missing"
+        ;;
+    guest)
+        # Root: the guest runs fstests as root in a chroot of the host's root, read over 9p.
+        [ "$(id -u)" = 0 ] || fail "run as root (the guest's fstests run as root on the host's files)"
+        command -v qemu-system-x86_64 >/dev/null \
+            || fail "qemu-system-x86_64 is missing (apt-get install qemu-system-x86)"
+        qemu_devs=$(qemu-system-x86_64 -device help 2>/dev/null || true)
+        grep -q '"virtio-9p-pci"' <<<"$qemu_devs" \
+            || fail "this QEMU has no virtio-9p-pci device (9p sharing of the host root)"
+        grep -q '"vhost-user-fs-pci"' <<<"$qemu_devs" || fail "this QEMU has no vhost-user-fs-pci device"
+        [ -n "$tests" ] || [ "$group_set" = 1 ] || tests=$guest_tests
+        ;;
     *) fail "--mode is host or guest" ;;
 esac
 if [ -z "$fstests_src" ]; then
@@ -117,6 +151,9 @@ daemon=$(realpath "$daemon")
 logdir="$workdir/logs"
 mkdir -p "$logdir"
 fsck_log="$logdir/fsck-unclean.log"
+if [ "$mode" = guest ]; then
+    [ "$build_only" = 1 ] && { echo "fstests built in $src"; exit 0; }
+else
 cat >/sbin/mount.fuse.vhost-ext4 <<EOF
 #!/bin/sh
 # Installed by ci/xfstests.sh: the vhost-ext4 mount helper with this run's settings.
@@ -127,6 +164,7 @@ exec "$repo/ci/mount.fuse.vhost-ext4" "\$@"
 EOF
 chmod 755 /sbin/mount.fuse.vhost-ext4
 [ "$build_only" = 1 ] && { echo "fstests built in $src; helper installed"; exit 0; }
+fi
 
 # --- users and groups some tests need ---
 for u in fsgqa fsgqa2 123456-fsgqa; do
@@ -134,15 +172,17 @@ for u in fsgqa fsgqa2 123456-fsgqa; do
 done
 getent group fsgqa >/dev/null || groupadd fsgqa 2>/dev/null || true
 
-# --- images and mount points ---
+# --- images ---
 test_img="$workdir/test.img"
 scratch_img="$workdir/scratch.img"
 test_mnt="$workdir/mnt/test"
 scratch_mnt="$workdir/mnt/scratch"
-for m in "$test_mnt" "$scratch_mnt"; do
-    mountpoint -q "$m" && umount "$m"
-    mkdir -p "$m"
-done
+if [ "$mode" = host ]; then
+    for m in "$test_mnt" "$scratch_mnt"; do
+        mountpoint -q "$m" && umount "$m"
+        mkdir -p "$m"
+    done
+fi
 # Let any daemon still flushing an image finish before it is replaced.
 for img in "$test_img" "$scratch_img"; do
     [ -e "$img" ] && timeout 120 flock "$img" true
@@ -152,7 +192,18 @@ for img in "$test_img" "$scratch_img"; do
 done
 : >"$fsck_log"
 
-cat >"$src/local.config" <<EOF
+results="$workdir/results"
+rm -rf "$results"
+mkdir -p "$results"
+if [ -n "$tests" ]; then
+    # shellcheck disable=SC2206
+    selection=($tests)
+else
+    selection=(-g "$group")
+fi
+
+if [ "$mode" = host ]; then
+    cat >"$src/local.config" <<EOF
 export FSTYP=fuse
 export FUSE_SUBTYP=.vhost-ext4
 export TEST_DEV=$test_img
@@ -163,56 +214,89 @@ export SCRATCH_MNT=$scratch_mnt
 export MOUNT_OPTIONS="-o subtype="
 export TEST_FS_MOUNT_OPTS="-o subtype="
 EOF
-
-# --- run ---
-results="$workdir/results"
-rm -rf "$results"
-mkdir -p "$results"
-if [ -n "$tests" ]; then
-    # shellcheck disable=SC2206
-    selection=($tests)
+    step "fstests: ${selection[*]} (per test ${test_timeout}s, in all ${total_timeout}s)"
+    start=$(date +%s)
+    set +e
+    bash "$repo/ci/xfstests-check.sh" "$src" "$results" "$workdir/check.out" "$test_timeout" \
+        "$total_timeout" "${selection[@]}"
+    check_rc=$?
+    set -e
+    elapsed=$(($(date +%s) - start))
 else
-    selection=(-g "$group")
-fi
-step "fstests: ${selection[*]} (per test ${test_timeout}s, in all ${total_timeout}s)"
-start=$(date +%s)
-set +e
-(
-    cd "$src" || exit 1
-    export RESULT_BASE="$results"
-    exec setsid timeout -k 30 "$total_timeout" ./check -R xunit "${selection[@]}"
-) >"$workdir/check.out" 2>&1 &
-check_pid=$!
-# Watchdog: a test running longer than --test-timeout has its processes killed (check then records
-# it as failed and goes on). Only descendants of our check run are touched.
-descendants() {
-    local p
-    for p in $(ps -o pid= --ppid "$1" 2>/dev/null); do
-        echo "$p"
-        descendants "$p"
+    # The mount points live in the guest's /run (a tmpfs), outside the shared work dir.
+    guest_test_mnt=/run/vhe-fstests/test
+    guest_scratch_mnt=/run/vhe-fstests/scratch
+    cat >"$src/local.config" <<EOF
+export FSTYP=virtiofs
+export TEST_DEV=vhetest
+export TEST_DIR=$guest_test_mnt
+export SCRATCH_DEV=vhescratch
+export SCRATCH_MNT=$guest_scratch_mnt
+EOF
+    # The guest command runs in the initramfs's busybox sh. It mounts the host's root (read-only
+    # and cached: nothing under it changes during the run) and the work dir (writable, not cached,
+    # mmap-able) over 9p, the kernel's file systems and tmpfs on /tmp, /run and /var/tmp, then runs
+    # fstests in the chroot. Everything in it was checked for characters that need quoting.
+    for v in "$repo" "$src" "$workdir" "${selection[@]}"; do
+        case "$v" in *[!A-Za-z0-9_./+-]*) fail "guest mode needs plain paths and test names (letters, digits, _ . / + -): '$v'" ;; esac
     done
-}
-current="" since=$start
-while kill -0 "$check_pid" 2>/dev/null; do
-    sleep 5
-    now_test=$(grep -oE '^[a-z0-9]+/[0-9]+' "$workdir/check.out" 2>/dev/null | tail -1 || true)
-    if [ "$now_test" != "$current" ]; then
-        current=$now_test since=$(date +%s)
-    elif [ -n "$current" ] && [ $(($(date +%s) - since)) -gt "$test_timeout" ]; then
-        echo "ci/xfstests.sh: $current ran over ${test_timeout}s: killing it" | tee -a "$workdir/check.out" >&2
-        for p in $(descendants "$check_pid"); do
-            if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "tests/$current"; then
-                kill -KILL "$p" $(descendants "$p") 2>/dev/null
-            fi
-        done
-        since=$(date +%s)
-    fi
+    guest_cmd=$(cat <<EOF
+R=/host
+p9='trans=virtio,version=9p2000.L,msize=524288'
+fail() { echo "VHE-FSTESTS: \$*"; exit 120; }
+mkdir -p \$R
+mount -t 9p -o "\$p9,ro,cache=loose" hostroot \$R || fail "cannot mount the host root over 9p"
+mount -t proc proc \$R/proc && mount -t sysfs sysfs \$R/sys && mount -t devtmpfs devtmpfs \$R/dev \\
+    && mount -t devpts devpts \$R/dev/pts && mount -t tmpfs tmpfs \$R/dev/shm \\
+    && mount -t tmpfs tmpfs \$R/tmp && mount -t tmpfs tmpfs \$R/run && mount -t tmpfs tmpfs \$R/var/tmp \\
+    || fail "cannot mount proc, sys, dev or a tmpfs in the chroot"
+mkdir -p \$R$workdir \$R$guest_test_mnt \$R$guest_scratch_mnt 2>/dev/null
+mount -t 9p -o "\$p9,cache=mmap" vhework \$R$workdir || fail "cannot mount the work dir over 9p"
+echo "VHE-FSTESTS: chroot ready after \$(cut -d' ' -f1 /proc/uptime)s"
+chroot \$R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \\
+    TERM=dumb LANG=C.UTF-8 /bin/bash $repo/ci/xfstests-check.sh $src $results $workdir/check.out \\
+    $test_timeout $total_timeout ${selection[*]}
+rc=\$?
+echo "VHE-FSTESTS: check exited with \$rc after \$(cut -d' ' -f1 /proc/uptime)s"
+for m in $guest_test_mnt $guest_scratch_mnt; do
+    grep -q " \$R\$m " /proc/mounts && { umount \$R\$m || echo "VHE-FSTESTS: umount \$m failed"; }
 done
-wait "$check_pid"
-check_rc=$?
-set -e
-elapsed=$(($(date +%s) - start))
-[ "$check_rc" = 124 ] && echo "ci/xfstests.sh: check ran over ${total_timeout}s and was stopped" >&2
+sync
+umount \$R$workdir || echo "VHE-FSTESTS: umount of the work dir failed"
+exit \$rc
+EOF
+)
+    printf '%s\n' "$guest_cmd" >"$workdir/guest-cmd.sh"
+    step "fstests in a guest: ${selection[*]} (per test ${test_timeout}s, in all ${total_timeout}s)"
+    start=$(date +%s)
+    set +e
+    bash "$repo/vm-images/run-guest.sh" --mode none --quiet --keep --daemon "$daemon" \
+        --fs "vhetest=$test_img" --fs "vhescratch=$scratch_img" \
+        --share "hostroot=/:ro" --share "vhework=$workdir" \
+        --smp "$smp" --mem "$mem" --timeout $((total_timeout + 300)) \
+        --cmd "$guest_cmd" 2>"$workdir/run-guest.log"
+    check_rc=$?
+    set -e
+    elapsed=$(($(date +%s) - start))
+    run_dir=$(sed -n 's/^run-guest: run directory kept: //p' "$workdir/run-guest.log" | tail -n 1)
+    if [ -n "$run_dir" ] && [ -d "$run_dir" ]; then
+        rm -rf "$logdir/guest"
+        mv "$run_dir" "$logdir/guest"
+        rm -f "$logdir/guest/initrd" "$logdir/guest/extra.cpio"
+    fi
+    if [ "$check_rc" != 0 ] && [ "$check_rc" != 1 ]; then
+        echo "ci/xfstests.sh: the guest run ended with status $check_rc (logs: $workdir/run-guest.log, $logdir/guest/)" >&2
+        tail -n 20 "$workdir/run-guest.log" >&2
+    fi
+    # fstests cannot check virtiofs: check both images here, once their daemons have exited.
+    for img in "$test_img" "$scratch_img"; do
+        name=$(basename "$img" .img)
+        timeout 120 flock "$img" true || true
+        if ! timeout 600 e2fsck -fn "$img" >"$logdir/e2fsck-$name.log" 2>&1; then
+            echo "$img: e2fsck -fn after the guest run found errors ($logdir/e2fsck-$name.log)" >>"$fsck_log"
+        fi
+    done
+fi
 
 # --- results ---
 known="$repo/ci/xfstests-known-failures.txt"
@@ -275,7 +359,7 @@ if [ "$n_other" -gt 0 ]; then
     awk -F'\t' 'NR > 1 && $4 == "fail" { print "  " $1 "\t" $5 }' "$tsv"
 fi
 if [ "$n_unclean" -gt 0 ]; then
-    echo "images e2fsck found unclean before a mount ($fsck_log):"
+    echo "images e2fsck -fn found unclean ($fsck_log):"
     sed 's/^/  /' "$fsck_log"
 fi
 echo "xfstests ($mode): $((n_pass + n_fail)) run, $n_pass passed, $n_fail failed ($n_dp data path, $n_known known, $n_other other), $n_notrun not run; unclean images: $n_unclean; ${elapsed}s; results: $tsv"

@@ -191,7 +191,9 @@ modules_for modules.common virtio_ring virtio virtio_pci_legacy_dev virtio_pci_m
 modules_for modules.fs fuse virtiofs
 # crc32c for metadata_csum (ext4 and jbd2 ask for it only as a soft dependency).
 modules_for modules.blk virtio_blk crc32c_generic ext4
-for f in common fs blk; do
+# 9p over virtio, for host directories shared with run-guest.sh --share.
+modules_for modules.9p 9p 9pnet_virtio
+for f in common fs blk 9p; do
     log "modules.$f: $(tr '\n' ' ' <"$ROOT/etc/vhe/modules.$f")"
 done
 

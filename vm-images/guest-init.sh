@@ -3,8 +3,8 @@
 #
 # Settings, later ones win:
 #   1. defaults below;
-#   2. /vhe/config (shell assignments) and /vhe/cmd (a script), which run-guest.sh appends to the
-#      initramfs as a second cpio archive for each run;
+#   2. /vhe/config (shell assignments: mode, tag, opts, extra_modules) and /vhe/cmd (a script),
+#      which run-guest.sh appends to the initramfs as a second cpio archive for each run;
 #   3. the kernel command line: vhe.mode=fs|blk|none  vhe.tag=TAG  vhe.dev=/dev/vda
 #      vhe.opts=MOUNT-OPTIONS  vhe.cmd=BASE64-COMMAND  vhe.shell=1
 #      vhe.out=ttyS1     where $VHE_OUT points (default: the console); the command writes data there
@@ -23,6 +23,7 @@ mkdir -p /dev/pts /dev/shm /tmp /run /mnt /root
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+hostname vhe-guest 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 
 say() { echo "VHE: $*"; }
@@ -35,6 +36,7 @@ cmd=
 out=
 status_dev=
 shell=0
+extra_modules=
 [ -f /vhe/config ] && . /vhe/config
 [ -f /vhe/cmd ] && cmd="sh /vhe/cmd"
 
@@ -70,7 +72,8 @@ fi
 export VHE_OUT VHE_MODE=$mode VHE_TAG=$tag
 
 # Modules (those built into the kernel are not in the lists), dependencies first.
-for list in /etc/vhe/modules.common /etc/vhe/modules.$mode; do
+# extra_modules (from /vhe/config): more lists, e.g. "fs 9p" for extra virtiofs volumes and 9p shares.
+for list in /etc/vhe/modules.common /etc/vhe/modules.$mode $(for x in $extra_modules; do echo "/etc/vhe/modules.$x"; done); do
     [ -f "$list" ] || continue
     while read -r m; do
         [ -n "$m" ] || continue

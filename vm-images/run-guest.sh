@@ -20,6 +20,12 @@
 #                          --daemon-cmd 'virtiofsd --socket-path "$SOCK" --shared-dir /some/dir'
 #   --socket PATH        connect to a backend that is already listening there (start none)
 #   --tag TAG            virtiofs tag (default: vhe)
+#   --fs TAG=IMAGE       one more `vhost-ext4 fs` daemon serving IMAGE as virtiofs tag TAG (with
+#                        --daemon-args; repeatable). The guest does not mount it: the command does
+#                        (`mount -t virtiofs TAG DIR`). Works with every --mode, including none
+#   --share TAG=PATH[:ro]  share a host directory with QEMU's 9p (virtio-9p), read-only with :ro;
+#                        repeatable. The guest loads the 9p modules; the command mounts it:
+#                        `mount -t 9p -o trans=virtio,version=9p2000.L TAG DIR`
 #   --queues N           request queues (fs: num-request-queues; blk: num-queues), default 1
 #   --mount-opts OPTS    guest mount options (e.g. ro, or dax=never)
 #   --mem SIZE           guest memory, shared with the backend through a memfd (default 1G)
@@ -41,13 +47,14 @@ GUEST=$CACHE/guest
 
 mode=fs image='' cmd='' have_cmd=0 output='' daemon='' daemon_args='' daemon_cmd='' socket='' tag=vhe queues=1
 mount_opts='' mem=1G smp=1 accel=${VHE_ACCEL:-auto} timeout_s='' append='' keep=0 quiet=0 fresh=0
-usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
+extra_fs=() shares=()
+usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run-guest: error: $1" >&2; exit "${2:-2}"; }
 while [ $# -gt 0 ]; do
     opt=$1
     case "$opt" in
         --mode|--image|--cmd|--output|--daemon|--daemon-args|--daemon-cmd|--socket|--tag|--queues|\
-        --mount-opts|--mem|--smp|--accel|--timeout|--append)
+        --mount-opts|--mem|--smp|--accel|--timeout|--append|--fs|--share)
             [ $# -ge 2 ] || die "$opt needs a value"
             val=$2; shift 2
             case "$opt" in
@@ -57,6 +64,7 @@ while [ $# -gt 0 ]; do
                 --queues) queues=$val ;; --mount-opts) mount_opts=$val ;; --mem) mem=$val ;;
                 --smp) smp=$val ;; --accel) accel=$val ;; --timeout) timeout_s=$val ;;
                 --append) append=$val ;;
+                --fs) extra_fs+=("$val") ;; --share) shares+=("$val") ;;
             esac
             ;;
         --keep) keep=1; shift ;;
@@ -69,6 +77,20 @@ done
 case "$mode" in fs|blk|none) ;; *) die "--mode must be fs, blk or none" ;; esac
 case "$queues" in ''|*[!0-9]*|0) die "--queues needs a positive number" ;; esac
 case "$tag" in ''|*[!A-Za-z0-9_.-]*) die "--tag: letters, digits, _ . - only" ;; esac
+valid_tag() { case "$1" in ''|*[!A-Za-z0-9_.-]*) return 1 ;; esac; }
+for spec in ${extra_fs[@]+"${extra_fs[@]}"}; do
+    case "$spec" in *=?*) ;; *) die "--fs takes TAG=IMAGE, not '$spec'" ;; esac
+    valid_tag "${spec%%=*}" || die "--fs $spec: the tag takes letters, digits, _ . - only"
+    [ "${spec%%=*}" != "$tag" ] || [ "$mode" != fs ] || die "--fs $spec: tag ${spec%%=*} is already the main volume's"
+    [ -e "${spec#*=}" ] || die "--fs $spec: no such image: ${spec#*=}"
+done
+for spec in ${shares[@]+"${shares[@]}"}; do
+    case "$spec" in *=?*) ;; *) die "--share takes TAG=PATH[:ro], not '$spec'" ;; esac
+    valid_tag "${spec%%=*}" || die "--share $spec: the tag takes letters, digits, _ . - only"
+    path=${spec#*=}; path=${path%:ro}
+    [ -d "$path" ] || die "--share $spec: $path is not a directory"
+    case "$path" in *,*) die "--share $spec: QEMU cannot take a path with a comma" ;; esac
+done
 if [ "$have_cmd" = 0 ] && [ ! -t 0 ]; then
     die "no --cmd and standard input is not a terminal: nothing would drive the guest shell"
 fi
@@ -82,7 +104,7 @@ kernel=$GUEST/vmlinux
 [ -f "$kernel" ] || kernel=$GUEST/vmlinuz
 
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/vhe-run.XXXXXX")
-daemon_pid='' qemu_pid=''
+daemon_pid='' qemu_pid='' extra_pids=()
 cleanup() {
     local rc=$?
     if [ -n "$qemu_pid" ]; then kill -TERM "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null; fi
@@ -91,9 +113,15 @@ cleanup() {
     return $rc
 }
 stop_daemon() {
-    [ -n "$daemon_pid" ] || return 0
-    local pid=$daemon_pid
-    daemon_pid=
+    local p
+    for p in "$daemon_pid" ${extra_pids[@]+"${extra_pids[@]}"}; do
+        if [ -n "$p" ]; then stop_pid "$p"; fi
+    done
+    daemon_pid='' extra_pids=()
+    return 0
+}
+stop_pid() {
+    local pid=$1
     # A backend may exit by itself when QEMU disconnects; give it a moment, then SIGTERM its
     # process group (we started it with setsid), then SIGKILL.
     for _ in $(seq 1 10); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -162,6 +190,54 @@ if [ "$mode" != none ] && [ -z "$socket" ]; then
 elif [ -n "$socket" ]; then
     [ -S "$socket" ] || die "--socket $socket is not a socket" 126
 fi
+# Extra virtiofs volumes (--fs TAG=IMAGE): always our daemon.
+start_backend() { # log cmd: start it in its own process group, wait for $SOCK; sets $started_pid
+    local logf=$1 cmd=$2
+    DAEMON=$daemon SOCK=$SOCK IMAGE=$IMAGE TAG=$TAG QUEUES=$queues RUN_DIR=$RUN_DIR \
+        setsid timeout -k 10 $((timeout_s + 60)) sh -c "$cmd" </dev/null >"$logf" 2>&1 &
+    started_pid=$!
+    for _ in $(seq 1 300); do
+        [ -S "$SOCK" ] && return 0
+        if ! kill -0 "$started_pid" 2>/dev/null; then
+            sed 's/^/  backend: /' "$logf" >&2
+            die "the backend exited before it created $SOCK" 126
+        fi
+        sleep 0.1
+    done
+    sed 's/^/  backend: /' "$logf" >&2
+    die "no socket $SOCK after 30 s" 126
+}
+extra_devs=() n_extra=0
+if [ ${#extra_fs[@]} -gt 0 ]; then
+    if [ -z "$daemon" ]; then
+        for d in "$REPO/target/release/vhost-ext4" "$REPO/target/debug/vhost-ext4"; do
+            [ -x "$d" ] && { daemon=$d; break; }
+        done
+        [ -n "$daemon" ] || die "no vhost-ext4 binary for --fs: run 'cargo build --release' or pass --daemon" 1
+    fi
+    [ -x "$daemon" ] || die "--daemon $daemon is not executable" 1
+    for spec in "${extra_fs[@]}"; do
+        n_extra=$((n_extra + 1))
+        TAG=${spec%%=*} IMAGE=$(realpath "${spec#*=}") SOCK=$RUN_DIR/vhost-fs$n_extra.sock
+        log "backend $n_extra: vhost-ext4 fs, tag $TAG, image $IMAGE"
+        start_backend "$RUN_DIR/daemon-fs$n_extra.log" \
+            'exec "$DAEMON" fs --socket-path "$SOCK" --image "$IMAGE" --tag "$TAG" --queues "$QUEUES" '"$daemon_args"
+        extra_pids+=("$started_pid")
+        fsdev="vhost-user-fs-pci,chardev=xfs$n_extra,tag=$TAG,queue-size=1024"
+        [ "$queues" -gt 1 ] && fsdev="$fsdev,num-request-queues=$queues"
+        extra_devs+=(-chardev "socket,id=xfs$n_extra,path=$SOCK" -device "$fsdev")
+    done
+    SOCK=${socket:-$RUN_DIR/vhost.sock}
+fi
+n_share=0
+for spec in ${shares[@]+"${shares[@]}"}; do
+    n_share=$((n_share + 1))
+    path=${spec#*=} ro=off
+    case "$path" in *:ro) path=${path%:ro} ro=on ;; esac
+    # multidevs=remap: a share that spans several host file systems keeps inode numbers unique.
+    extra_devs+=(-fsdev "local,id=share$n_share,path=$path,security_model=none,readonly=$ro,multidevs=remap"
+        -device "virtio-9p-pci,fsdev=share$n_share,mount_tag=${spec%%=*}")
+done
 
 # ---- accelerator --------------------------------------------------------------------------------
 # KVM can be present yet unusable (the guest hangs on some hosts): boot a probe guest once per
@@ -199,6 +275,11 @@ mkdir -p "$RUN_DIR/extra/vhe"
     echo "mode=$(shq "$mode")"
     echo "tag=$(shq "$tag")"
     echo "opts=$(shq "$mount_opts")"
+    # Module lists the guest loads besides modules.common and modules.$mode.
+    mods=''
+    [ ${#extra_fs[@]} -gt 0 ] && [ "$mode" != fs ] && mods=fs
+    [ ${#shares[@]} -gt 0 ] && mods="$mods 9p"
+    echo "extra_modules=$(shq "$mods")"
 } >"$RUN_DIR/extra/vhe/config"
 [ "$have_cmd" = 1 ] && printf '%s\n' "$cmd" >"$RUN_DIR/extra/vhe/cmd"
 (cd "$RUN_DIR/extra" && find . | LC_ALL=C sort | /bin/busybox cpio -o -H newc 2>/dev/null) >"$RUN_DIR/extra.cpio"
@@ -226,7 +307,14 @@ case "$mode" in
     blk)
         qemu+=(-chardev "socket,id=char0,path=$SOCK" -device "vhost-user-blk-pci,chardev=char0,num-queues=$queues") ;;
 esac
+qemu+=(${extra_devs[@]+"${extra_devs[@]}"})
 log "guest: kernel $(cat "$GUEST/kernel-release"), accel $accel, mode $mode, time limit ${timeout_s}s"
+backends_alive() {
+    local p
+    for p in "$daemon_pid" ${extra_pids[@]+"${extra_pids[@]}"}; do
+        [ -z "$p" ] || kill -0 "$p" 2>/dev/null || return 1
+    done
+}
 start=$(date +%s.%N)
 backend_died=0
 set +e
@@ -241,7 +329,7 @@ if [ "$have_cmd" = 1 ]; then
     qemu_pid=$!
     dead_since=
     while kill -0 "$qemu_pid" 2>/dev/null; do
-        if [ -n "$daemon_pid" ] && ! kill -0 "$daemon_pid" 2>/dev/null; then
+        if ! backends_alive; then
             [ -n "$dead_since" ] || dead_since=$SECONDS
             if [ $((SECONDS - dead_since)) -ge 3 ]; then
                 log "the backend exited while the guest was running; stopping QEMU"
@@ -288,7 +376,9 @@ if [ -z "$status" ]; then
         final=125
     fi
     [ "$quiet" = 1 ] && { echo "--- last console lines:" >&2; tail -n 30 "$RUN_DIR/console.log" 2>/dev/null | tr -d '\r' >&2; }
-    [ -s "$RUN_DIR/daemon.log" ] && { echo "--- backend log (last lines):" >&2; tail -n 30 "$RUN_DIR/daemon.log" >&2; }
+    for f in "$RUN_DIR"/daemon*.log; do
+        [ -s "$f" ] && { echo "--- backend log $(basename "$f") (last lines):" >&2; tail -n 30 "$f" >&2; }
+    done
     exit $final
 fi
 log "guest exit status $status after ${elapsed}s"
