@@ -43,6 +43,12 @@ pub struct DispatchOptions {
     pub negative_timeout: Duration,
     /// Commit every change before answering it (the `sync` and `dirsync` mount options).
     pub sync_changes: bool,
+    /// Check access in the daemon (as the client's VFS would) before each operation. Off for
+    /// both of our clients: a host FUSE mount uses `default_permissions`, and the Linux
+    /// virtiofs driver always mounts with `default_permissions` too, so the kernel has checked
+    /// — with the caller's supplementary groups, which a request does not carry — before a
+    /// request arrives. For clients that do not.
+    pub check_permissions: bool,
     /// Negotiate FUSE_WRITEBACK_CACHE: the kernel keeps written data in its own page cache and
     /// sends it in large WRITEs later (it then owns i_size and mtime until it flushes them).
     pub writeback_cache: bool,
@@ -62,6 +68,7 @@ impl Default for DispatchOptions {
             negative_timeout: Duration::ZERO,
             sync_changes: false,
             writeback_cache: false,
+            check_permissions: false,
         }
     }
 }
@@ -267,8 +274,8 @@ impl Dispatcher {
         let unique = h.unique;
         let ino = ino_of(h.nodeid);
         let fs = &*self.fs;
-        if self.opts.transport == Transport::Virtio {
-            // No default_permissions in a virtiofs guest: check as the guest's VFS would.
+        if self.opts.check_permissions {
+            // A client that does not check access itself: check as its VFS would.
             let ctx = Ctx {
                 uid: h.uid,
                 gid: h.gid,

@@ -1,7 +1,11 @@
-//! Permission checks for the virtio transport. A host FUSE mount uses `default_permissions`, so
-//! the host kernel checks access before a request reaches us; a virtiofs guest does not, so the
-//! daemon checks what the guest kernel's VFS would have checked, with the caller's uid/gid from
-//! the request header (uid 0 is the guest's root and bypasses checks like CAP_DAC_OVERRIDE).
+//! Permission checks in the daemon, for clients that do not check access themselves
+//! (`DispatchOptions::check_permissions`). Both of our clients do — a host FUSE mount uses
+//! `default_permissions`, and the Linux virtiofs driver always sets it — so the check is off by
+//! default: done here it would lack the caller's supplementary groups, which a request does not
+//! carry, and would refuse what the kernel allows (exec without read, access through a
+//! supplementary group's ACL entry). When on, it checks what the client's VFS would have
+//! checked, with the caller's uid/gid from the request header (uid 0 bypasses checks like
+//! CAP_DAC_OVERRIDE).
 
 use super::abi::{self, fattr};
 use super::request::Op;
