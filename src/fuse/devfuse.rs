@@ -289,7 +289,16 @@ fn worker(fd: RawFd, d: &Dispatcher, bufsize: usize) -> io::Result<()> {
                 _ => return Err(e),
             },
         };
-        if let Some(reply) = d.dispatch(&buf[..n]) {
+        // A bug that panics in one request must not leave the kernel waiting for its reply
+        // forever (the mount would hang): answer it EIO and go on.
+        let req = &buf[..n];
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.dispatch(req)))
+            .unwrap_or_else(|_| {
+                let unique = super::abi::InHeader::decode(req).map_or(0, |h| h.unique);
+                error!("fuse: request {unique} panicked; answered EIO");
+                Some(super::reply::error(unique, crate::errno::Errno::EIO))
+            });
+        if let Some(reply) = out {
             write_reply(fd, &reply);
         }
     }

@@ -338,15 +338,23 @@ impl Fs {
         // Free an eighth of the cache at a time, so eviction is not paid per page.
         need = need.max(pc.limit_pages() / 8);
         let own_ptr = own.as_ref().map(|(d, _)| *d as *const InodeData);
-        let mut files = self.data.all();
-        files.sort_by_key(|(_, d)| {
-            if Some(Arc::as_ptr(d)) == own_ptr {
-                u64::MAX
-            } else {
-                d.pages.try_lock().map(|m| m.last_use()).unwrap_or(u64::MAX)
-            }
-        });
-        for (ino, d) in files {
+        // Least recently used first. Each key is read once: a file's last use moves while we
+        // sort, and a sort needs keys that hold still.
+        let mut files: Vec<(u64, Ino, Arc<InodeData>)> = self
+            .data
+            .all()
+            .into_iter()
+            .map(|(ino, d)| {
+                let key = if Some(Arc::as_ptr(&d)) == own_ptr {
+                    u64::MAX
+                } else {
+                    d.pages.try_lock().map(|m| m.last_use()).unwrap_or(u64::MAX)
+                };
+                (key, ino, d)
+            })
+            .collect();
+        files.sort_unstable_by_key(|(key, ino, _)| (*key, *ino));
+        for (_, ino, d) in files {
             if need == 0 {
                 break;
             }
