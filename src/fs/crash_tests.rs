@@ -1,12 +1,12 @@
 //! Crash tests: a workload runs on a recording device, and the image is rebuilt in many crash
 //! states a real disk could be left in (`blockdev::record::CrashState`): everything before the
 //! last flush before the cut, plus any subset of the writes issued since. In every state our
-//! replay must leave a file system that passes the in-process checks (`crash_support`) and holds
+//! replay must leave a file system that passes the in-process checks (`crash_test_support`) and holds
 //! every operation completed before the last finished sync; in a sample of the states, e2fsck's
 //! replay and ours must also leave an image `e2fsck -fn` finds clean, and the kernel replays a
 //! few.
 
-use super::crash_support::*;
+use super::crash_test_support::*;
 use super::testutil::*;
 use super::*;
 use crate::blockdev::MemDevice;

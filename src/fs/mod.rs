@@ -135,7 +135,7 @@ impl Fs {
 }
 
 #[cfg(test)]
-mod crash_support;
+mod crash_test_support;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]

@@ -14,7 +14,9 @@
 
 use crate::blockdev::record::{CrashModel, CrashRng, CrashState, Event, durable_prefix};
 use crate::blockdev::{MemDevice, RecordingDevice};
-use crate::fs::crash_support::{check_tree, files_with_marker, fill_free_blocks, replay_in_memory};
+use crate::fs::crash_test_support::{
+    check_tree, files_with_marker, fill_free_blocks, replay_in_memory,
+};
 use crate::fs::testutil::{ctx, kernel_mount, kernel_umount};
 use crate::fs::{
     FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Fs, Ino, MountOptions, ROOT_INO, SetAttr,
