@@ -19,6 +19,21 @@ use crate::pagecache::{NoSlab, PAGE_SIZE, PageIndex, SlabId};
 /// FUSE_WRITE_KILL_SUIDGID: the writer is not privileged; drop suid/sgid as the kernel does.
 pub const KILL_SUIDGID: u32 = 1;
 
+/// A write changed the file: mtime and ctime move, and with `kill_suid` setuid goes (and setgid
+/// when the file is group-executable), as the kernel drops them for an unprivileged writer.
+fn modified(inode: &mut Inode, kill_suid: bool) {
+    let t = now();
+    inode.mtime = t;
+    inode.ctime = t;
+    if kill_suid {
+        let mut mode = inode.mode as u32 & !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            mode &= !libc::S_ISGID;
+        }
+        inode.mode = mode as u16;
+    }
+}
+
 impl Fs {
     /// Write `data` at `offset` of regular file `ino`. Returns the bytes written (short only at
     /// the file size limit or when a later part failed).
@@ -138,17 +153,8 @@ impl Fs {
             size,
             disksize: size,
         };
-        let t = now();
         inode.size = size;
-        inode.mtime = t;
-        inode.ctime = t;
-        if kill_suid {
-            let mut mode = inode.mode as u32 & !(libc::S_ISUID);
-            if mode & libc::S_IXGRP != 0 {
-                mode &= !libc::S_ISGID;
-            }
-            inode.mode = mode as u16;
-        }
+        modified(&mut inode, kill_suid);
         self.store_inode(ino, &inode)?;
         Ok(Some(data.len() as u32))
     }
@@ -185,16 +191,7 @@ impl Fs {
     pub(super) fn file_modified(&self, ino: Ino, kill_suid: bool) -> Result<()> {
         let _g = self.ns_write();
         let mut i = self.read_inode(ino)?;
-        let t = now();
-        i.mtime = t;
-        i.ctime = t;
-        if kill_suid {
-            let mut mode = i.mode as u32 & !(libc::S_ISUID);
-            if mode & libc::S_IXGRP != 0 {
-                mode &= !libc::S_ISGID;
-            }
-            i.mode = mode as u16;
-        }
+        modified(&mut i, kill_suid);
         self.store_inode(ino, &i)
     }
 
