@@ -803,6 +803,16 @@ mod tests {
         }
     }
 
+    impl Mem {
+        fn new(bs: usize) -> Mem {
+            Mem {
+                blocks: RefCell::new(HashMap::new()),
+                next: RefCell::new(0),
+                bs,
+            }
+        }
+    }
+
     fn model_of(t: &ExtentTree) -> BTreeMap<u32, (u64, bool)> {
         let mut m = BTreeMap::new();
         for e in t.extents().unwrap() {
@@ -816,11 +826,7 @@ mod tests {
     #[test]
     fn random_inserts_and_removes_match_a_model() {
         for bs in [1024usize, 4096] {
-            let io = Mem {
-                blocks: RefCell::new(HashMap::new()),
-                next: RefCell::new(0),
-                bs,
-            };
+            let io = Mem::new(bs);
             let mut root = [0u8; I_BLOCK_LEN];
             ExtentTree::init_empty(&mut root);
             let mut t = ExtentTree::new(&mut root, &io, bs as u32, 12);
@@ -900,11 +906,7 @@ mod tests {
     #[test]
     fn shifts_split_and_merge_match_a_model() {
         for bs in [1024usize, 4096] {
-            let io = Mem {
-                blocks: RefCell::new(HashMap::new()),
-                next: RefCell::new(0),
-                bs,
-            };
+            let io = Mem::new(bs);
             let mut root = [0u8; I_BLOCK_LEN];
             ExtentTree::init_empty(&mut root);
             let mut t = ExtentTree::new(&mut root, &io, bs as u32, 12);
@@ -1037,11 +1039,7 @@ mod tests {
 
     #[test]
     fn long_runs_split_into_maximal_extents() {
-        let io = Mem {
-            blocks: RefCell::new(HashMap::new()),
-            next: RefCell::new(0),
-            bs: 4096,
-        };
+        let io = Mem::new(4096);
         let mut root = [0u8; I_BLOCK_LEN];
         ExtentTree::init_empty(&mut root);
         let mut t = ExtentTree::new(&mut root, &io, 4096, 12);

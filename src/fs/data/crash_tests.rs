@@ -12,6 +12,7 @@
 //! A sample of states also goes through e2fsck's replay and `e2fsck -fn`, and a few through the
 //! kernel's.
 
+use super::tests::mkfs;
 use crate::blockdev::record::{CrashModel, CrashRng, CrashState, Event, durable_prefix};
 use crate::blockdev::{MemDevice, RecordingDevice};
 use crate::fs::crash_test_support::{
@@ -181,21 +182,6 @@ fn run_workload(fs: &Fs, dev: &RecordingDevice<MemDevice>) -> Vec<Tracked> {
     w.files
 }
 
-fn mkfs(img: &Path, opts: &[&str]) {
-    let out = Command::new("mke2fs")
-        .args(["-q", "-F"])
-        .args(opts)
-        .arg(img)
-        .arg("32M")
-        .output()
-        .expect("mke2fs (e2fsprogs) is required");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn e2fsck(img: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("e2fsck").args(args).arg(img).output().unwrap();
     (
@@ -244,7 +230,7 @@ fn check_state(fs: &Fs, files: &[Tracked], state: &CrashState) -> Result<(), Str
 fn crash_data(opts: &[&str], seed: u64) {
     let t = tempfile::tempdir().unwrap();
     let img = t.path().join("base.img");
-    mkfs(&img, opts);
+    mkfs(&img, opts, "32M");
     assert!(fill_free_blocks(&img) > 1000);
     let base = std::fs::read(&img).unwrap();
     let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));

@@ -28,7 +28,8 @@ impl Rng {
     }
 }
 
-fn mkfs(img: &Path, opts: &[&str], size: &str) {
+/// mke2fs `opts` on `img` of `size` (e2fsprogs required).
+pub(super) fn mkfs(img: &Path, opts: &[&str], size: &str) {
     let out = std::process::Command::new("mke2fs")
         .args(["-q", "-F"])
         .args(opts)
