@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use vhost_ext4::blockdev::FileDevice;
+use vhost_ext4::blockdev::{FileDevice, ImageIo};
 use vhost_ext4::fs::{Fs, MountOptions};
 use vhost_ext4::fuse::{self, DispatchOptions, Dispatcher, MountConfig, Transport};
 
@@ -44,6 +44,10 @@ struct Backend {
     /// Log filter: error, warn, info, debug, trace (or an env_logger filter string).
     #[arg(long, default_value = "warn")]
     log_level: String,
+    /// Image I/O: `direct` (O_DIRECT: no copy of the image in the host's page cache; buffered
+    /// when the image's file system refuses it) or `buffered`.
+    #[arg(long, default_value = "direct")]
+    image_io: ImageIo,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +106,10 @@ enum Command {
         /// Let the kernel cache writes (FUSE_WRITEBACK_CACHE).
         #[arg(long)]
         writeback_cache: bool,
+        /// Image I/O: `direct` (O_DIRECT: no copy of the image in the host's page cache;
+        /// buffered when the image's file system refuses it) or `buffered`.
+        #[arg(long, default_value = "direct")]
+        image_io: ImageIo,
         /// Log filter: error, warn, info, debug, trace (or an env_logger filter string).
         #[arg(long, default_value = "warn")]
         log_level: String,
@@ -196,6 +204,7 @@ fn default_threads() -> usize {
 struct DataArgs {
     cache_size: u64,
     writeback_cache: bool,
+    image_io: ImageIo,
 }
 
 fn run_mount(
@@ -217,7 +226,8 @@ fn run_mount(
     let read_only = cfg.read_only();
     // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
     let sigset = block_signals();
-    let dev = FileDevice::open(image, read_only).map_err(|e| sentence(&e.to_string()))?;
+    let dev = FileDevice::open_with(image, read_only, data.image_io)
+        .map_err(|e| sentence(&e.to_string()))?;
     let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, data.cache_size)
         .map_err(|e| format!("cannot mount image {}: {}", image.display(), sentence(&e)))?;
     let fs = Arc::new(fs);
@@ -277,6 +287,7 @@ fn main() -> ExitCode {
                 queues: b.queues,
                 cache_size,
                 writeback_cache,
+                image_io: b.image_io,
             })
         }
         Command::Blk {
@@ -294,6 +305,7 @@ fn main() -> ExitCode {
                 serial,
                 block_size,
                 print_capabilities: b.print_capabilities,
+                image_io: b.image_io,
             })
         }
         Command::Mount {
@@ -305,6 +317,7 @@ fn main() -> ExitCode {
             commit_interval,
             cache_size,
             writeback_cache,
+            image_io,
             log_level,
         } => {
             init_logging(&log_level);
@@ -318,6 +331,7 @@ fn main() -> ExitCode {
                 DataArgs {
                     cache_size,
                     writeback_cache,
+                    image_io,
                 },
             )
         }

@@ -4,7 +4,7 @@ mod file;
 mod mem;
 pub mod record;
 
-pub use file::FileDevice;
+pub use file::{FileDevice, ImageIo};
 pub use mem::MemDevice;
 pub use record::RecordingDevice;
 

@@ -17,7 +17,7 @@ pub mod fs;
 mod pool;
 pub mod queue;
 
-use crate::blockdev::{BlockDevice, FileDevice};
+use crate::blockdev::{BlockDevice, FileDevice, ImageIo};
 use crate::fs::{Fs, MountOptions};
 use crate::fuse::{DispatchOptions, Dispatcher, Transport};
 use log::{info, warn};
@@ -56,6 +56,8 @@ pub struct FsArgs {
     pub cache_size: u64,
     /// `--writeback-cache`: negotiate FUSE_WRITEBACK_CACHE (the guest caches writes).
     pub writeback_cache: bool,
+    /// `--image-io direct|buffered`: how the image file is accessed.
+    pub image_io: ImageIo,
 }
 
 impl Default for FsArgs {
@@ -71,6 +73,7 @@ impl Default for FsArgs {
             queues: 1,
             cache_size: crate::pagecache::DEFAULT_CACHE_BYTES,
             writeback_cache: false,
+            image_io: ImageIo::Direct,
         }
     }
 }
@@ -94,6 +97,8 @@ pub struct BlkArgs {
     pub block_size: u32,
     /// `--print-capabilities`.
     pub print_capabilities: bool,
+    /// `--image-io direct|buffered`: how the image file is accessed.
+    pub image_io: ImageIo,
 }
 
 impl Default for BlkArgs {
@@ -107,6 +112,7 @@ impl Default for BlkArgs {
             serial: None,
             block_size: 512,
             print_capabilities: false,
+            image_io: ImageIo::Direct,
         }
     }
 }
@@ -198,7 +204,7 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
     fs::check_tag(tag)?;
     check_socket_args(args.socket_path.as_deref(), args.fd)?;
     let read_only = args.readonly;
-    let dev = FileDevice::open(image, read_only).map_err(|e| e.to_string())?;
+    let dev = FileDevice::open_with(image, read_only, args.image_io).map_err(|e| e.to_string())?;
     let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, args.cache_size)
         .map_err(|e| format!("cannot mount image {}: {e}", image.display()))?;
     let fs = Arc::new(fs);
@@ -244,7 +250,8 @@ pub fn serve_blk(args: BlkArgs, stop: &Stopper) -> Result<(), String> {
         .as_deref()
         .ok_or("an image is required (--image IMAGE)")?;
     check_socket_args(args.socket_path.as_deref(), args.fd)?;
-    let dev = FileDevice::open(image, args.readonly).map_err(|e| e.to_string())?;
+    let dev =
+        FileDevice::open_with(image, args.readonly, args.image_io).map_err(|e| e.to_string())?;
     let dev: Arc<dyn BlockDevice> = Arc::new(dev);
     let cfg = blk::BlkConfig {
         read_only: args.readonly,
