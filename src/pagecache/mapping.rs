@@ -1,6 +1,8 @@
 //! The pages of one file: which file pages are resident (and in which slab), and per block
-//! whether it is uptodate (holds the file's data) and dirty (newer than the disk). Knows nothing
-//! of extents or of how pages are filled or written back: the data path (`fs::data`) drives it.
+//! whether it is uptodate (holds the file's data), dirty (newer than the disk) and under
+//! writeback (its data is being written to the disk: nobody may change, drop or evict it until
+//! the write completed). Knows nothing of extents or of how pages are filled or written back:
+//! the data path (`fs::data`) drives it.
 //!
 //! Locking: a `Mapping` is owned by one file's `Mutex`; the [`PageCache`] counters are atomics.
 
@@ -20,6 +22,7 @@ pub struct PageState {
     pub resident: bool,
     pub uptodate: u8,
     pub dirty: u8,
+    pub writeback: u8,
 }
 
 /// A 2 MiB-aligned chunk of the file and the slab that holds it.
@@ -29,6 +32,8 @@ struct Chunk {
     pages: Box<[PageState]>,
     resident: u32,
     dirty: u32,
+    /// Pages with a block under writeback.
+    writeback: u32,
     last_use: u64,
 }
 
@@ -37,6 +42,7 @@ pub struct Mapping {
     chunks: BTreeMap<u64, Chunk>,
     resident: usize,
     dirty: usize,
+    writeback: usize,
     /// When the oldest dirty page of the file was dirtied (`None`: nothing dirty).
     dirty_since: Option<Instant>,
 }
@@ -56,6 +62,37 @@ impl Mapping {
 
     pub fn dirty_pages(&self) -> usize {
         self.dirty
+    }
+
+    /// Pages with a block under writeback.
+    pub fn writeback_pages(&self) -> usize {
+        self.writeback
+    }
+
+    /// True when a page of `[from, to)` has a block under writeback.
+    pub fn writeback_in(&self, from: PageIndex, to: PageIndex) -> bool {
+        if self.writeback == 0 {
+            return false;
+        }
+        let (c0, _) = split(from);
+        for (&c, ch) in self.chunks.range(c0..) {
+            if c * SLAB_PAGES as u64 >= to {
+                break;
+            }
+            if ch.writeback == 0 {
+                continue;
+            }
+            let first = c * SLAB_PAGES as u64;
+            let lo = from.max(first) - first;
+            let hi = to.min(first + SLAB_PAGES as u64) - first;
+            if ch.pages[lo as usize..hi as usize]
+                .iter()
+                .any(|pg| pg.writeback != 0)
+            {
+                return true;
+            }
+        }
+        false
     }
 
     pub fn dirty_since(&self) -> Option<Instant> {
@@ -100,6 +137,7 @@ impl Mapping {
                     pages: vec![PageState::default(); SLAB_PAGES].into_boxed_slice(),
                     resident: 0,
                     dirty: 0,
+                    writeback: 0,
                     last_use: tick,
                 })
             }
@@ -177,8 +215,62 @@ impl Mapping {
         }
     }
 
+    /// Blocks `mask` of a dirty page go to the disk: they are clean and under writeback until
+    /// [`Mapping::end_writeback`]. Dirty blocks already under writeback are left dirty (the
+    /// next pass writes them).
+    pub fn start_writeback(&mut self, pc: &PageCache, idx: PageIndex, mask: u8) -> u8 {
+        let (c, p) = split(idx);
+        let Some(ch) = self.chunks.get(&c) else {
+            return 0;
+        };
+        let pg = ch.pages[p];
+        let mask = mask & pg.dirty & !pg.writeback;
+        if mask == 0 {
+            return 0;
+        }
+        self.clear_dirty(pc, idx, mask);
+        let Some(ch) = self.chunks.get_mut(&c) else {
+            return 0;
+        };
+        let pg = &mut ch.pages[p];
+        if pg.writeback == 0 {
+            ch.writeback += 1;
+            self.writeback += 1;
+            pc.writeback.fetch_add(1, Ordering::Relaxed);
+        }
+        pg.writeback |= mask;
+        mask
+    }
+
+    /// The write of blocks `mask` of page `idx` completed (or failed).
+    pub fn end_writeback(&mut self, pc: &PageCache, idx: PageIndex, mask: u8) {
+        let (c, p) = split(idx);
+        let Some(ch) = self.chunks.get_mut(&c) else {
+            return;
+        };
+        let pg = &mut ch.pages[p];
+        if pg.writeback != 0 {
+            pg.writeback &= !mask;
+            if pg.writeback == 0 {
+                ch.writeback -= 1;
+                self.writeback -= 1;
+                pc.writeback.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Dirty pages in `[from, to)` in file order: (page, dirty mask).
     pub fn dirty_in(&self, from: PageIndex, to: PageIndex) -> Vec<(PageIndex, u8)> {
+        self.dirty_in_limited(from, to, usize::MAX)
+    }
+
+    /// The first `max` dirty pages in `[from, to)` in file order: (page, dirty mask).
+    pub fn dirty_in_limited(
+        &self,
+        from: PageIndex,
+        to: PageIndex,
+        max: usize,
+    ) -> Vec<(PageIndex, u8)> {
         let mut out = Vec::new();
         let (c0, _) = split(from);
         for (&c, ch) in self.chunks.range(c0..) {
@@ -192,10 +284,33 @@ impl Mapping {
                 let idx = c * SLAB_PAGES as u64 + p as u64;
                 if pg.dirty != 0 && idx >= from && idx < to {
                     out.push((idx, pg.dirty));
+                    if out.len() >= max {
+                        return out;
+                    }
                 }
             }
         }
         out
+    }
+
+    /// The last dirty page before `to`.
+    pub fn last_dirty_before(&self, to: PageIndex) -> Option<PageIndex> {
+        if self.dirty == 0 || to == 0 {
+            return None;
+        }
+        let (c_last, _) = split(to - 1);
+        for (&c, ch) in self.chunks.range(..=c_last).rev() {
+            if ch.dirty == 0 {
+                continue;
+            }
+            for (p, pg) in ch.pages.iter().enumerate().rev() {
+                let idx = c * SLAB_PAGES as u64 + p as u64;
+                if pg.dirty != 0 && idx < to {
+                    return Some(idx);
+                }
+            }
+        }
+        None
     }
 
     /// Drop page `idx` whatever its state; returns the state it had.
@@ -207,10 +322,16 @@ impl Mapping {
         if !old.resident {
             return old;
         }
+        debug_assert_eq!(old.writeback, 0, "a page under writeback is dropped");
         if old.dirty != 0 {
             ch.dirty -= 1;
             self.dirty -= 1;
             pc.dirty.fetch_sub(1, Ordering::Relaxed);
+        }
+        if old.writeback != 0 {
+            ch.writeback -= 1;
+            self.writeback -= 1;
+            pc.writeback.fetch_sub(1, Ordering::Relaxed);
         }
         ch.pages[p] = PageState::default();
         ch.resident -= 1;
@@ -246,8 +367,12 @@ impl Mapping {
             if lo == first && hi == first + SLAB_PAGES as u64 {
                 // The whole chunk goes: one punch for the slab.
                 if let Some(ch) = self.chunks.remove(&c) {
+                    debug_assert_eq!(ch.writeback, 0, "a page under writeback is dropped");
                     dirty += ch.dirty as usize;
                     self.dirty -= ch.dirty as usize;
+                    self.writeback -= ch.writeback as usize;
+                    pc.writeback
+                        .fetch_sub(ch.writeback as usize, Ordering::Relaxed);
                     self.resident -= ch.resident as usize;
                     pc.dirty.fetch_sub(ch.dirty as usize, Ordering::Relaxed);
                     pc.resident
@@ -268,7 +393,8 @@ impl Mapping {
         dirty
     }
 
-    /// Evict up to `max` clean pages, least recently used chunks first. Returns pages evicted.
+    /// Evict up to `max` clean pages (not under writeback), least recently used chunks first.
+    /// Returns pages evicted.
     pub fn evict_clean(&mut self, pc: &PageCache, max: usize) -> usize {
         let mut order: Vec<(u64, u64)> = self
             .chunks
@@ -284,7 +410,7 @@ impl Mapping {
             let Some(ch) = self.chunks.get(&c) else {
                 continue;
             };
-            if ch.dirty == 0 {
+            if ch.dirty == 0 && ch.writeback == 0 {
                 let resident = ch.resident as usize;
                 if let Some(ch) = self.chunks.remove(&c) {
                     self.resident -= resident;
@@ -298,7 +424,7 @@ impl Mapping {
                 .pages
                 .iter()
                 .enumerate()
-                .filter(|(_, pg)| pg.resident && pg.dirty == 0)
+                .filter(|(_, pg)| pg.resident && pg.dirty == 0 && pg.writeback == 0)
                 .map(|(p, _)| p)
                 .collect();
             for p in clean {
@@ -366,5 +492,39 @@ mod tests {
         assert_eq!(m.dirty_in(0, u64::MAX), vec![(0, 15), (1030, 15)]);
         assert_eq!(pc.dirty_pages(), 2);
         assert_eq!(pc.arena.free_slabs(), pc.arena.slab_count() as usize - 2);
+    }
+
+    #[test]
+    fn writeback_blocks_are_clean_but_neither_evicted_nor_taken_twice() {
+        let pc = PageCache::new(4 << 20, 8).unwrap();
+        let mut m = Mapping::default();
+        for idx in [3u64, 4, 700] {
+            m.get_or_create(&pc, idx).unwrap();
+            m.set_dirty(&pc, idx, 0b0011);
+        }
+        assert_eq!(m.last_dirty_before(700), Some(4));
+        assert_eq!(m.last_dirty_before(u64::MAX), Some(700));
+        assert_eq!(m.dirty_in_limited(0, u64::MAX, 2), vec![(3, 3), (4, 3)]);
+        // Block 0 of page 3 goes to the disk; block 1 stays dirty.
+        assert_eq!(m.start_writeback(&pc, 3, 0b0001), 0b0001);
+        assert_eq!(m.state(3).dirty, 0b0010);
+        assert_eq!(m.state(3).writeback, 0b0001);
+        assert_eq!((pc.dirty_pages(), pc.writeback_pages()), (3, 1));
+        assert_eq!(pc.unclean_pages(), 4);
+        // Blocks already under writeback are not taken again, even when re-dirtied.
+        m.set_dirty(&pc, 3, 0b0001);
+        assert_eq!(m.start_writeback(&pc, 3, 0b0011), 0b0010);
+        assert_eq!(m.state(3).dirty, 0b0001);
+        assert_eq!(m.start_writeback(&pc, 4, 0b0011), 0b0011);
+        assert!(m.writeback_in(0, 5) && m.writeback_in(4, 5) && !m.writeback_in(5, 700));
+        // Page 4 is clean but under writeback: eviction leaves it.
+        assert_eq!(m.evict_clean(&pc, 100), 0);
+        m.end_writeback(&pc, 4, 0b0011);
+        assert!(!m.writeback_in(4, 5));
+        assert_eq!(m.evict_clean(&pc, 100), 1);
+        m.end_writeback(&pc, 3, 0b0011);
+        assert_eq!(pc.writeback_pages(), 0);
+        assert_eq!(m.writeback_pages(), 0);
+        assert_eq!(m.dirty_in(0, u64::MAX), vec![(3, 1), (700, 3)]);
     }
 }

@@ -1,5 +1,6 @@
 //! The page cache: file data in shared memory. [`arena`] carves one sparse memfd into 2 MiB slabs;
-//! [`mapping`] tracks one file's resident pages with per-block uptodate and dirty bits. The cache
+//! [`mapping`] tracks one file's resident pages with per-block uptodate, dirty and writeback
+//! bits. The cache
 //! is bounded: [`PageCache::limit_pages`] resident pages, of which at most the dirty limit may be
 //! dirty (writers past it write back first, balance_dirty_pages-style); background writeback
 //! starts at the background threshold. Policy — what to evict, when to write back — belongs to
@@ -21,6 +22,7 @@ pub struct PageCache {
     limit_pages: usize,
     resident: AtomicUsize,
     dirty: AtomicUsize,
+    writeback: AtomicUsize,
     tick: AtomicU64,
 }
 
@@ -36,6 +38,7 @@ impl PageCache {
             limit_pages,
             resident: AtomicUsize::new(0),
             dirty: AtomicUsize::new(0),
+            writeback: AtomicUsize::new(0),
             tick: AtomicU64::new(1),
         })
     }
@@ -50,6 +53,16 @@ impl PageCache {
 
     pub fn dirty_pages(&self) -> usize {
         self.dirty.load(Ordering::Relaxed)
+    }
+
+    /// Pages with blocks under writeback (their write has not completed yet).
+    pub fn writeback_pages(&self) -> usize {
+        self.writeback.load(Ordering::Relaxed)
+    }
+
+    /// Dirty pages plus pages under writeback: what the dirty limits count.
+    pub fn unclean_pages(&self) -> usize {
+        self.dirty_pages() + self.writeback_pages()
     }
 
     /// Dirty pages past which writers write back before dirtying more (half the cache).

@@ -26,6 +26,8 @@ mod space;
 mod write;
 mod writeback;
 
+pub(in crate::fs) use writeback::Hold;
+
 pub use space::{
     FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,
@@ -60,9 +62,12 @@ pub(in crate::fs) struct Sizes {
 
 /// The in-core state of one regular file with cached data.
 pub(super) struct InodeData {
-    /// i_rwsem: write/truncate/fallocate hold it exclusively; read and writeback share it.
+    /// i_rwsem: write/truncate/fallocate hold it exclusively; read and writeback planning
+    /// share it (the writeback's device writes run without it).
     pub rw: RwLock<()>,
     pub pages: Mutex<Mapping>,
+    /// Signalled (with `pages`) when blocks leave writeback.
+    wb_cv: Condvar,
     pub sizes: Mutex<Sizes>,
     /// A writeback error not yet reported by fsync (errseq-style: reported once).
     wb_err: Mutex<Option<Errno>>,
@@ -83,8 +88,41 @@ impl InodeData {
         self.rw.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The rw lock exclusively, with none of the file's writes in flight: for truncate,
+    /// fallocate, freeing — what changes or frees blocks a write in flight may target, or drops
+    /// pages. (No writeback starts while it is held: planning one needs the lock.)
     pub fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        let g = self.rw.write().unwrap_or_else(|e| e.into_inner());
+        self.wait_writeback(0, u64::MAX);
+        g
+    }
+
+    /// The rw lock exclusively for a buffered write: writeback of the file goes on meanwhile;
+    /// the writer waits only for the pages it changes ([`InodeData::wait_page_writeback`]).
+    pub fn write_lock_for_write(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         self.rw.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until no page of `[from, to)` is under writeback.
+    pub fn wait_writeback(&self, from: u64, to: u64) {
+        let mut m = self.pages();
+        while m.writeback_in(from, to) {
+            m = self.wb_cv.wait(m).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Page `idx` locked, once no block of it is under writeback (a writer changes it next).
+    pub fn wait_page_writeback(&self, idx: u64) -> MutexGuard<'_, Mapping> {
+        let mut m = self.pages();
+        while m.state(idx).writeback != 0 {
+            m = self.wb_cv.wait(m).unwrap_or_else(|e| e.into_inner());
+        }
+        m
+    }
+
+    /// Blocks left writeback: wake whoever waits for them.
+    fn writeback_done(&self) {
+        self.wb_cv.notify_all();
     }
 
     fn set_error(&self, e: Errno) {
@@ -178,6 +216,7 @@ impl Fs {
                 Arc::new(InodeData {
                     rw: RwLock::new(()),
                     pages: Mutex::new(Mapping::default()),
+                    wb_cv: Condvar::new(),
                     sizes: Mutex::new(Sizes {
                         size: inode.size,
                         disksize: inode.size,
@@ -244,9 +283,9 @@ impl Fs {
             return Ok(());
         }
         if let Some(d) = self.data.get(ino) {
-            let _r = d.read_lock();
-            let r = self.writeback_inode(ino, &d, 0, u64::MAX);
-            drop(_r);
+            let r = self.writeback_file(ino, &d, 0, u64::MAX, Hold::Take);
+            // Writes another thread started (the flusher's) must be down too.
+            d.wait_writeback(0, u64::MAX);
             if let Some(e) = d.take_error() {
                 return Err(e);
             }
@@ -285,28 +324,27 @@ impl Fs {
     pub(super) fn writeback_all(&self, only_expired: bool) -> Result<()> {
         let mut first_err = None;
         let over =
-            self.data.pc.dirty_pages() > self.data.pc.background_limit() || self.slabs_short();
-        for (ino, d) in self.data.all() {
+            self.data.pc.unclean_pages() > self.data.pc.background_limit() || self.slabs_short();
+        let files = self.data.all();
+        for (ino, d) in &files {
             let dirty_since = d.pages().dirty_since();
             let Some(since) = dirty_since else { continue };
             if only_expired && !over && since.elapsed() < DIRTY_EXPIRE {
                 continue;
             }
-            let guard = if only_expired {
-                match d.rw.try_read() {
-                    Ok(g) => g,
-                    Err(_) => continue,
-                }
-            } else {
-                d.read_lock()
-            };
-            if !self.data.is_current(ino, &d) {
+            if !self.data.is_current(*ino, d) {
                 continue;
             }
-            if let Err(e) = self.writeback_inode(ino, &d, 0, u64::MAX) {
+            // The rw lock is taken (blocking: no writer waits for us while holding it) only
+            // to plan each batch; the writer goes on while the batch is written.
+            if let Err(e) = self.writeback_file(*ino, d, 0, u64::MAX, Hold::Take) {
                 first_err.get_or_insert(e);
             }
-            drop(guard);
+        }
+        if !only_expired {
+            for (_, d) in &files {
+                d.wait_writeback(0, u64::MAX);
+            }
         }
         self.data.kick.cleaned.notify_all();
         match first_err {
@@ -398,19 +436,21 @@ impl Fs {
         a.free_slabs() < a.slab_count() as usize / 8
     }
 
-    /// Writers past the dirty limit write their own file back, then wait (briefly) for the
-    /// flusher to bring the rest under the limit: a fast writer cannot grow the cache without
-    /// bound. Called with `d.rw` held exclusively.
-    fn balance_dirty(&self, ino: Ino, d: &InodeData) -> Result<()> {
+    /// Writers past the dirty limit (dirty plus under writeback) wait for the flusher to bring
+    /// it down, as balance_dirty_pages does: a fast writer cannot grow the cache without bound.
+    /// Called after the write, without the file's lock (the flusher needs it to plan). When
+    /// the flusher makes no progress for a while, the writer writes its own file back.
+    fn balance_dirty(&self, ino: Ino, d: &InodeData) {
         let pc = &self.data.pc;
-        if pc.dirty_pages() > pc.background_limit() {
+        if pc.unclean_pages() > pc.background_limit() {
             self.data.kick_flusher();
         }
-        if pc.dirty_pages() > pc.dirty_limit() {
-            self.writeback_inode(ino, d, 0, u64::MAX)?;
-            let mut tries = 0;
-            while pc.dirty_pages() > pc.dirty_limit() && tries < 20 {
-                self.data.kick_flusher();
+        let mut stalled = 0;
+        let mut waits = 0;
+        let mut last = pc.unclean_pages();
+        while pc.unclean_pages() > pc.dirty_limit() && waits < 400 && !self.is_read_only() {
+            self.data.kick_flusher();
+            {
                 let g = self
                     .data
                     .kick
@@ -422,20 +462,31 @@ impl Fs {
                     .kick
                     .cleaned
                     .wait_timeout(g, Duration::from_millis(50));
-                tries += 1;
+            }
+            waits += 1;
+            let now = pc.unclean_pages();
+            if now < last {
+                stalled = 0;
+            } else {
+                stalled += 1;
+            }
+            last = now;
+            if stalled >= 20 {
+                // Errors are kept for fsync.
+                let _ = self.writeback_file(ino, d, 0, u64::MAX, Hold::Take);
+                stalled = 0;
             }
         }
         if self.slabs_short() {
             self.data.kick_flusher();
             if pc.arena.free_slabs() < pc.arena.slab_count() as usize / 32 {
-                self.writeback_others(ino)?;
+                let _ = self.writeback_file(ino, d, 0, u64::MAX, Hold::Take);
+                let _ = self.writeback_others(ino);
             }
         }
         if pc.over_limit() > 0 || self.slabs_short() {
-            let mut m = d.pages();
-            self.shrink_cache(Some((d, &mut m)));
+            self.shrink_cache(None);
         }
-        Ok(())
     }
 
     /// Start the flusher thread: background writeback of expired or excess dirty pages, and

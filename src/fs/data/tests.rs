@@ -917,3 +917,212 @@ fn zeroing_unwritten_back_data_keeps_the_size() {
     }
     fs.shutdown().unwrap();
 }
+
+/// A device that holds back the first data write starting with [`GATE_MARK`] until `open` is
+/// called, so a test can act while a writeback is in flight.
+struct Gated {
+    dev: crate::blockdev::MemDevice,
+    state: std::sync::Mutex<(bool, bool)>, // (a write is held, the gate is open)
+    cv: std::sync::Condvar,
+}
+
+const GATE_MARK: &[u8] = b"HOLD-THIS-WRITE!";
+
+impl Gated {
+    fn new(bytes: Vec<u8>) -> Gated {
+        Gated {
+            dev: crate::blockdev::MemDevice::from_vec(bytes),
+            state: std::sync::Mutex::new((false, false)),
+            cv: std::sync::Condvar::new(),
+        }
+    }
+    /// Wait until a write is held at the gate.
+    fn wait_held(&self) {
+        let g = self.state.lock().unwrap();
+        let (g, t) = self
+            .cv
+            .wait_timeout_while(g, std::time::Duration::from_secs(20), |s| !s.0)
+            .unwrap();
+        assert!(!t.timed_out() && g.0, "no write reached the gate");
+    }
+    fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.cv.notify_all();
+    }
+}
+
+impl crate::blockdev::BlockDevice for Gated {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.dev.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if buf.starts_with(GATE_MARK) {
+            let mut g = self.state.lock().unwrap();
+            if !g.1 {
+                g.0 = true;
+                self.cv.notify_all();
+                while !g.1 {
+                    g = self.cv.wait(g).unwrap();
+                }
+            }
+        }
+        self.dev.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.dev.flush()
+    }
+    fn size(&self) -> u64 {
+        self.dev.size()
+    }
+}
+
+/// Run `f` on a thread; the receiver gets its result.
+fn spawn<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::sync::mpsc::Receiver<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx
+}
+
+const SOON: std::time::Duration = std::time::Duration::from_millis(300);
+const LONG: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A file's writeback in flight (held at the device) does not stop writers of its other pages;
+/// a writer of a page being written waits for that write, and its data stays dirty for the
+/// next pass (written by the next fsync, read back by the kernel).
+#[test]
+fn writers_run_beside_writeback_and_redirtied_pages_stay_dirty() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("img");
+    mkfs(&img, &["-t", "ext4", "-b", "4096"], "64M");
+    let dev = Arc::new(Gated::new(std::fs::read(&img).unwrap()));
+    let fs = Arc::new(Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap());
+    let ino = fs.mknod(ROOT_INO, b"f", 0o100644, 0, &ctx()).unwrap().ino;
+    let mut model = Vec::new();
+    let mut first = vec![1u8; 8192];
+    first[..GATE_MARK.len()].copy_from_slice(GATE_MARK);
+    fs.write(ino, 0, &first, 0).unwrap();
+    model_write(&mut model, 0, &first);
+    // A second run in another 2 MiB chunk: written in its own request.
+    fs.write(ino, 4 << 20, &[2u8; 4096], 0).unwrap();
+    model_write(&mut model, 4 << 20, &[2u8; 4096]);
+    let f2 = fs.clone();
+    let synced = spawn(move || f2.fsync(ino, false));
+    dev.wait_held();
+    // Another page, while the write of page 0 is held: the writer goes on.
+    let f2 = fs.clone();
+    let other = spawn(move || f2.write(ino, 8 << 20, &[3u8; 4096], 0));
+    assert_eq!(
+        other
+            .recv_timeout(LONG)
+            .expect("a writer of another page waited for writeback"),
+        Ok(4096)
+    );
+    model_write(&mut model, 8 << 20, &[3u8; 4096]);
+    // Page 1 is under writeback (same run as page 0): its writer waits for the write.
+    let f2 = fs.clone();
+    let redirty = spawn(move || f2.write(ino, 4096 + 10, b"again", 0));
+    assert!(
+        redirty.recv_timeout(SOON).is_err(),
+        "a writer changed a page while its write was in flight"
+    );
+    assert!(synced.recv_timeout(SOON).is_err(), "fsync ended early");
+    dev.open();
+    assert_eq!(synced.recv_timeout(LONG).unwrap(), Ok(()));
+    assert_eq!(redirty.recv_timeout(LONG).unwrap(), Ok(5));
+    model_write(&mut model, 4096 + 10, b"again");
+    // The re-dirtied page is dirty again; the next fsync writes it.
+    {
+        let d = fs.data_if_cached(ino).unwrap();
+        let m = d.pages();
+        assert_eq!(m.state(1).dirty, 1);
+        assert_eq!(m.state(1).writeback, 0);
+        assert_eq!(m.state(0).dirty, 0);
+    }
+    fs.fsync(ino, false).unwrap();
+    assert_eq!(read_all(&fs, ino, model.len() as u64), model);
+    let fs = Arc::into_inner(fs).expect("no other user");
+    fs.shutdown().unwrap();
+    drop(fs);
+    std::fs::write(&img, dev.dev.snapshot()).unwrap();
+    check_image_file(&img, "f", &model);
+}
+
+/// Truncate and punch wait for the file's writeback in flight: the blocks they free cannot
+/// still be targets of a write, and the completion cannot convert freed extents.
+#[test]
+fn truncate_and_punch_wait_for_writeback_in_flight() {
+    for punch in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("img");
+        mkfs(&img, &["-t", "ext4", "-b", "1024"], "64M");
+        let dev = Arc::new(Gated::new(std::fs::read(&img).unwrap()));
+        let fs = Arc::new(Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap());
+        let ino = fs.mknod(ROOT_INO, b"f", 0o100644, 0, &ctx()).unwrap().ino;
+        let mut data = vec![5u8; 1 << 20];
+        data[..GATE_MARK.len()].copy_from_slice(GATE_MARK);
+        fs.write(ino, 0, &data, 0).unwrap();
+        let mut model = data.clone();
+        let free0 = fs.statfs().unwrap().bfree;
+        let f2 = fs.clone();
+        let synced = spawn(move || f2.fsync(ino, false));
+        dev.wait_held();
+        let f2 = fs.clone();
+        let cut = spawn(move || {
+            if punch {
+                f2.fallocate(
+                    ino,
+                    0,
+                    512 << 10,
+                    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                )
+            } else {
+                f2.setattr(
+                    ino,
+                    &crate::fs::SetAttr {
+                        size: Some(1000),
+                        ..Default::default()
+                    },
+                )
+                .map(|_| ())
+            }
+        });
+        assert!(
+            cut.recv_timeout(SOON).is_err(),
+            "punch={punch}: the blocks were cut while a write to them was in flight"
+        );
+        dev.open();
+        assert_eq!(synced.recv_timeout(LONG).unwrap(), Ok(()));
+        assert_eq!(cut.recv_timeout(LONG).unwrap(), Ok(()));
+        if punch {
+            model[..512 << 10].fill(0);
+        } else {
+            model.truncate(1000);
+        }
+        fs.fsync(ino, false).unwrap();
+        assert_eq!(read_all(&fs, ino, model.len() as u64), model);
+        if !punch {
+            assert!(
+                fs.statfs().unwrap().bfree > free0,
+                "the cut blocks are free"
+            );
+        }
+        let fs = Arc::into_inner(fs).expect("no other user");
+        fs.shutdown().unwrap();
+        drop(fs);
+        std::fs::write(&img, dev.dev.snapshot()).unwrap();
+        check_image_file(&img, "f", &model);
+    }
+}
+
+/// `e2fsck -fn` finds the image clean and the kernel reads file `name` as `model`.
+fn check_image_file(img: &Path, name: &str, model: &[u8]) {
+    e2fsck_clean(img);
+    let mnt = kernel_mount(img, "loop,ro");
+    let got = std::fs::read(mnt.join(name)).unwrap();
+    kernel_umount(&mnt);
+    assert!(got == model, "the kernel reads {name} differently");
+}

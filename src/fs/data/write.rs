@@ -42,7 +42,25 @@ impl Fs {
             return Err(Errno::EROFS);
         }
         let d = self.inode_data(ino)?;
-        let _w = d.write_lock();
+        let r = {
+            let _w = d.write_lock_for_write();
+            self.write_locked(ino, &d, offset, data, flags_)
+        };
+        if r.is_ok() {
+            self.balance_dirty(ino, &d);
+        }
+        r
+    }
+
+    /// [`Fs::write`] under the file's rw lock.
+    fn write_locked(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        offset: u64,
+        data: &[u8],
+        flags_: u32,
+    ) -> Result<u32> {
         let inode = {
             let _g = self.ns_read();
             self.read_inode(ino)?
@@ -63,12 +81,12 @@ impl Fs {
         }
         let data = &data[..(data.len() as u64).min(max - offset) as usize];
         if inode.has_flag(flags::INLINE_DATA)
-            && let Some(n) = self.inline_write(ino, &d, offset, data, flags_ & KILL_SUIDGID != 0)?
+            && let Some(n) = self.inline_write(ino, d, offset, data, flags_ & KILL_SUIDGID != 0)?
         {
             return Ok(n);
         }
         let inode = if inode.has_flag(flags::INLINE_DATA) {
-            self.inline_to_blocks(ino, &d)?
+            self.inline_to_blocks(ino, d)?
         } else {
             inode
         };
@@ -90,21 +108,23 @@ impl Fs {
             }
             holes.clear();
         } else {
-            self.reserve_blocks(ino, &d, need)?;
+            self.reserve_blocks(ino, d, need)?;
         }
         for &(s, l) in &holes {
             self.es.insert(ino, s, l, Status::Delayed);
         }
-        let (done, err) = self.copy_into_pages(ino, &d, offset, data);
+        let (done, err) = self.copy_into_pages(ino, d, offset, data);
         if (done as u64) < len {
             // Release the delayed blocks no byte of this write reached.
+            // (A writeback may have allocated some of them meanwhile, giving their
+            // reservation back: only what is still delayed is released.)
             let keep_to = (offset + done as u64).div_ceil(bs);
             let mut unused = 0;
             for &(s, l) in &holes {
                 let from = s.max(keep_to);
                 if from < s + l {
+                    unused += self.delayed_in(ino, from, s + l - from);
                     self.es.remove(ino, from, s + l - from);
-                    unused += s + l - from;
                 }
             }
             self.alloc.release(unused);
@@ -117,7 +137,6 @@ impl Fs {
             s.size = s.size.max(offset + done as u64);
         }
         self.file_modified(ino, flags_ & KILL_SUIDGID != 0)?;
-        self.balance_dirty(ino, &d)?;
         Ok(done as u32)
     }
 
@@ -289,7 +308,8 @@ impl Fs {
             };
             let b0 = poff / bs;
             let b1 = (poff + n - 1) / bs;
-            let state = d.pages().state(idx);
+            // A page being written to the disk is left alone until that write completed.
+            let state = d.wait_page_writeback(idx).state(idx);
             // A block the write covers only partly must hold the file's data around it.
             for b in [b0, b1] {
                 let partial = (b == b0 && !poff.is_multiple_of(bs))
@@ -377,9 +397,8 @@ impl Fs {
             if other == ino {
                 continue;
             }
-            let Ok(_g) = d.rw.try_read() else { continue };
             if self.data.is_current(other, &d) {
-                self.writeback_inode(other, &d, 0, u64::MAX)?;
+                self.writeback_file(other, &d, 0, u64::MAX, super::Hold::TryTake)?;
             }
         }
         Ok(())

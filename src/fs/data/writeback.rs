@@ -1,16 +1,27 @@
-//! Writeback and I/O completion: dirty blocks go to the device in runs, one vectored write per
-//! run of the block map. Blocks with no block yet (delayed) get **unwritten** extents — the whole
-//! delayed extent at once, contiguously where the allocator can — and only after the data write
-//! completed are they converted to written, with i_disksize raised to
-//! `min(end of completed I/O, i_size)`, in one short handle per pass (sorted, merged ranges).
-//! Indirect-mapped (ext3-style) files have no unwritten state: their blocks are allocated and
-//! written under the namespace lock, so no commit can carry the map before the data.
+//! Writeback and I/O completion: dirty blocks go to the device in batches of at most
+//! [`WB_BATCH_PAGES`] pages, one vectored write per run of the block map. Blocks with no block
+//! yet (delayed) get **unwritten** extents — the whole delayed extent at once, contiguously
+//! where the allocator can — and only after the data write completed are they converted to
+//! written, with i_disksize raised to `min(end of completed I/O, i_size)`, in one short handle
+//! per batch (sorted, merged ranges). Indirect-mapped (ext3-style) files have no unwritten
+//! state: their blocks are allocated and written under the namespace lock, so no commit can
+//! carry the map before the data.
+//!
+//! A batch has three steps. *Plan* (under the file's rw lock, shared): the batch's dirty blocks
+//! become clean and **under writeback** in the page map, and get their device blocks. *Write*
+//! (no file lock): the data goes to the device, from many threads when the batch has many
+//! separate runs. *Complete* (the namespace lock, briefly): unwritten → written, i_disksize,
+//! then the blocks leave writeback. While a block is under writeback nobody changes it (a
+//! writer waits for that page), drops it (truncate, punch and the other block-map changes wait
+//! for all of the file's writeback: see `InodeData::write_lock`) or evicts it. So writers keep
+//! writing other pages of the file while its writeback runs, and a page re-dirtied after its
+//! write started is simply dirty again for the next pass.
 //!
 //! A failed data write is logged once with the inode and range, its pages are dropped (the data
 //! is lost, as the kernel loses it), and the next fsync answers EIO.
 //!
-//! Lock order: the caller holds the file's rw lock (shared or exclusive) → ns (allocation,
-//! completion) → the mapping mutex (never held across the data write).
+//! Lock order: the file's rw lock (plan only) → ns (allocation, completion) → the mapping mutex
+//! (never held across the data write).
 
 use super::InodeData;
 use crate::errno::{Errno, Result};
@@ -26,8 +37,45 @@ use crate::pagecache::{PAGE_SIZE, PageIndex, SLAB_PAGES};
 /// Longest unwritten extent one allocation asks for (the on-disk limit for unwritten extents).
 const MAX_UNWRITTEN: u64 = 32767;
 
+/// Most pages one writeback batch takes (16 MiB): the unit of planning, writing and completion.
+pub(super) const WB_BATCH_PAGES: usize = 4096;
+
+/// Threads that issue a batch's writes when it has many separate runs (random overwrites):
+/// several requests in flight keep the device busy.
+const WB_IO_THREADS: usize = 8;
+
+/// Whether the caller of a writeback holds the file's rw lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::fs) enum Hold {
+    /// The caller holds it (shared or exclusive) throughout.
+    Caller,
+    /// Take it shared to plan each batch; the writes run without it.
+    Take,
+    /// As `Take`, but stop (leave the rest dirty) when a writer holds it.
+    TryTake,
+}
+
+/// One device write of a batch: blocks `[l, l + n)` of the file to `pblk…`.
+struct Io {
+    l: u64,
+    n: u64,
+    pblk: u64,
+    unwritten: bool,
+}
+
+/// A planned batch: every block of `runs` is under writeback.
+#[derive(Default)]
+struct Batch {
+    runs: Vec<(u64, u64)>,
+    ios: Vec<Io>,
+    /// Ranges whose data is lost (mapping or writing them failed).
+    failed: Vec<(u64, u64)>,
+    err: Option<Errno>,
+}
+
 impl Fs {
-    /// Write back the dirty pages of `[from, to)` (page indexes) of `ino`. The caller holds
+    /// Write back the dirty pages of `[from, to)` (page indexes) of `ino` and wait for every
+    /// write of that range in flight (ours or another thread's) to complete. The caller holds
     /// `d.rw` (shared or exclusive).
     pub(in crate::fs) fn writeback_inode(
         &self,
@@ -36,59 +84,50 @@ impl Fs {
         from: PageIndex,
         to: PageIndex,
     ) -> Result<()> {
-        let dirty = d.pages().dirty_in(from, to);
-        if dirty.is_empty() {
+        let r = self.writeback_file(ino, d, from, to, Hold::Caller);
+        d.wait_writeback(from, to);
+        r
+    }
+
+    /// Write back the dirty pages of `[from, to)` of `ino`, batch by batch, without waiting for
+    /// writes other threads have in flight. Pages dirtied meanwhile past the last page that was
+    /// dirty at the start are left for the next pass (a writer appending as fast as we write
+    /// must not keep an fsync going forever).
+    pub(in crate::fs) fn writeback_file(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        from: PageIndex,
+        to: PageIndex,
+        hold: Hold,
+    ) -> Result<()> {
+        let Some(last) = d.pages().last_dirty_before(to) else {
+            return Ok(());
+        };
+        if last < from {
             return Ok(());
         }
         if self.is_read_only() {
             return Err(Errno::EROFS);
         }
-        let bs = self.block_size as u64;
-        let bpp = PAGE_SIZE as u64 / bs;
-        // Runs of consecutive dirty blocks.
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for (idx, mask) in dirty {
-            for b in 0..bpp {
-                if mask & (1 << b) == 0 {
-                    continue;
-                }
-                let l = idx * bpp + b;
-                match runs.last_mut() {
-                    Some((s, n)) if *s + *n == l => *n += 1,
-                    _ => runs.push((l, 1)),
-                }
-            }
-        }
-        let mut completed: Vec<(u64, u64)> = Vec::new();
-        let mut io_end = 0u64;
+        let end = last + 1;
+        let mut cursor = from;
         let mut first_err = None;
-        for (start, len) in runs {
-            let mut l = start;
-            let end = start + len;
-            while l < end {
-                let r = self.writeback_step(ino, d, l, end, &mut completed);
-                match r {
-                    Ok(n) => {
-                        self.clear_dirty_blocks(d, l, n);
-                        io_end = io_end.max((l + n) * bs);
-                        l += n;
-                    }
-                    Err(e) => {
-                        log::error!(
-                            "inode {ino}: writeback of blocks {l}..{end} failed ({e}): that data is lost"
-                        );
-                        self.discard_blocks(ino, d, l, end - l);
-                        d.set_error(Errno::EIO);
-                        first_err.get_or_insert(e);
-                        break;
-                    }
-                }
+        while cursor < end {
+            let guard = match hold {
+                Hold::Caller => None,
+                Hold::Take => Some(d.read_lock()),
+                Hold::TryTake => match d.rw.try_read() {
+                    Ok(g) => Some(g),
+                    Err(_) => break,
+                },
+            };
+            let batch = self.plan_batch(ino, d, &mut cursor, end);
+            drop(guard);
+            let Some(batch) = batch else { break };
+            if let Err(e) = self.run_batch(ino, d, batch) {
+                first_err.get_or_insert(e);
             }
-        }
-        if let Err(e) = self.complete_writeback(ino, d, completed, io_end) {
-            log::error!("inode {ino}: completing writeback failed: {e}");
-            d.set_error(Errno::EIO);
-            first_err.get_or_insert(e);
         }
         match first_err {
             Some(_) => Err(Errno::EIO),
@@ -96,15 +135,68 @@ impl Fs {
         }
     }
 
-    /// Write back the dirty blocks from `l` (below `end`) that one map run covers; returns how
-    /// many blocks were written. Unwritten ranges written are added to `completed`.
-    fn writeback_step(
+    /// Plan the next batch from `cursor` (below `end`): put its dirty blocks under writeback
+    /// and map (allocate) them. `None` when nothing is dirty there. The file's rw lock is held.
+    fn plan_batch(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        cursor: &mut PageIndex,
+        end: PageIndex,
+    ) -> Option<Batch> {
+        let bpp = PAGE_SIZE as u64 / self.block_size as u64;
+        let mut batch = Batch::default();
+        {
+            let mut m = d.pages();
+            let dirty = m.dirty_in_limited(*cursor, end, WB_BATCH_PAGES);
+            let (last, _) = *dirty.last()?;
+            *cursor = last + 1;
+            for (idx, mask) in dirty {
+                let mask = m.start_writeback(&self.data.pc, idx, mask);
+                for b in 0..bpp {
+                    if mask & (1 << b) == 0 {
+                        continue;
+                    }
+                    let l = idx * bpp + b;
+                    match batch.runs.last_mut() {
+                        Some((s, n)) if *s + *n == l => *n += 1,
+                        _ => batch.runs.push((l, 1)),
+                    }
+                }
+            }
+        }
+        for i in 0..batch.runs.len() {
+            let (start, len) = batch.runs[i];
+            let end_b = start + len;
+            let mut l = start;
+            while l < end_b {
+                match self.map_for_writeback(ino, d, l, end_b, &mut batch.ios) {
+                    Ok(n) => l += n,
+                    Err(e) => {
+                        log::error!(
+                            "inode {ino}: writeback of blocks {l}..{end_b} failed ({e}): that data is lost"
+                        );
+                        batch.failed.push((l, end_b - l));
+                        batch.err.get_or_insert(e);
+                        break;
+                    }
+                }
+            }
+        }
+        Some(batch)
+    }
+
+    /// Map the dirty blocks from `l` (below `end`) that one map run covers, allocating
+    /// unwritten blocks for a hole; queue the write in `ios` and return how many blocks it
+    /// covers (0: the hole was filled meanwhile, map again). Indirect-mapped files are
+    /// allocated and written here, under the namespace lock.
+    fn map_for_writeback(
         &self,
         ino: Ino,
         d: &InodeData,
         l: u64,
         end: u64,
-        completed: &mut Vec<(u64, u64)>,
+        ios: &mut Vec<Io>,
     ) -> Result<u64> {
         let (inode, m) = {
             let _g = self.ns_read();
@@ -115,14 +207,19 @@ impl Fs {
         let n = end.min(m.lblk.saturating_add(m.len)) - l;
         match m.target {
             Target::Data { pblk, unwritten } => {
-                self.write_blocks(ino, d, l, n, pblk)?;
-                if unwritten {
-                    completed.push((l, n));
-                }
+                ios.push(Io {
+                    l,
+                    n,
+                    pblk,
+                    unwritten,
+                });
                 Ok(n)
             }
             Target::Hole if inode.has_flag(flags::EXTENTS) => {
                 let (pblk, got) = self.alloc_unwritten(ino, l, end - l)?;
+                if got == 0 {
+                    return Ok(0);
+                }
                 #[cfg(test)]
                 if self
                     .data
@@ -132,12 +229,112 @@ impl Fs {
                     self.sync()?;
                 }
                 let n = got.min(end - l);
-                self.write_blocks(ino, d, l, n, pblk)?;
-                completed.push((l, n));
+                ios.push(Io {
+                    l,
+                    n,
+                    pblk,
+                    unwritten: true,
+                });
                 Ok(n)
             }
             Target::Hole => self.writeback_indirect(ino, d, l, n.min(end - l)),
         }
+    }
+
+    /// Write a planned batch, complete it, and take its blocks out of writeback (dropping the
+    /// pages whose data could not be written).
+    fn run_batch(&self, ino: Ino, d: &InodeData, mut batch: Batch) -> Result<()> {
+        let bs = self.block_size as u64;
+        let bpp = PAGE_SIZE as u64 / bs;
+        let results = self.write_ios(ino, d, &batch.ios);
+        let mut completed: Vec<(u64, u64)> = Vec::new();
+        let mut io_end = 0u64;
+        for (io, r) in batch.ios.iter().zip(results) {
+            match r {
+                Ok(()) => {
+                    if io.unwritten {
+                        completed.push((io.l, io.n));
+                    }
+                    io_end = io_end.max((io.l + io.n) * bs);
+                }
+                Err(e) => {
+                    batch.failed.push((io.l, io.n));
+                    batch.err.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = self.complete_writeback(ino, d, completed, io_end) {
+            log::error!("inode {ino}: completing writeback failed: {e}");
+            batch.err.get_or_insert(e);
+        }
+        let pc = &self.data.pc;
+        {
+            let mut m = d.pages();
+            for &(l, n) in &batch.runs {
+                let mut b = l;
+                while b < l + n {
+                    let idx = b / bpp;
+                    let mut mask = 0u8;
+                    while b < l + n && b / bpp == idx {
+                        mask |= 1 << (b % bpp);
+                        b += 1;
+                    }
+                    m.end_writeback(pc, idx, mask);
+                }
+            }
+            // Pages no longer holding trustworthy data go; a later read refills them.
+            for &(l, n) in &batch.failed {
+                for idx in l / bpp..(l + n).div_ceil(bpp) {
+                    if !m.writeback_in(idx, idx + 1) {
+                        m.drop_range(pc, idx, idx + 1);
+                    }
+                }
+            }
+        }
+        for &(l, n) in &batch.failed {
+            let delayed = self.delayed_in(ino, l, n);
+            self.es.remove(ino, l, n);
+            self.alloc.release(delayed);
+        }
+        d.writeback_done();
+        self.data.kick.cleaned.notify_all();
+        match batch.err {
+            Some(e) => {
+                d.set_error(Errno::EIO);
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Issue a batch's writes; many separate runs are spread over a few threads.
+    fn write_ios(&self, ino: Ino, d: &InodeData, ios: &[Io]) -> Vec<Result<()>> {
+        let write = |io: &Io| self.write_blocks(ino, d, io.l, io.n, io.pblk);
+        if ios.len() < 2 * WB_IO_THREADS {
+            return ios.iter().map(write).collect();
+        }
+        let per = ios.len().div_ceil(WB_IO_THREADS);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = ios
+                .chunks(per)
+                .map(|part| {
+                    let h = std::thread::Builder::new()
+                        .name("writeback-io".into())
+                        .spawn_scoped(s, move || part.iter().map(write).collect::<Vec<_>>());
+                    (part, h)
+                })
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|(part, h)| match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| part.iter().map(|_| Err(Errno::EIO)).collect()),
+                    // No thread to spare: this part is written here.
+                    Err(_) => part.iter().map(write).collect(),
+                })
+                .collect()
+        })
     }
 
     /// Write blocks `[l, l + n)` of the file from the cache to `pblk…` in one vectored write.
@@ -158,9 +355,11 @@ impl Fs {
                     ));
                 };
                 let off = ((b % bpp) * bs) as usize;
-                // SAFETY: the caller holds the file's rw lock, so no writer changes these dirty
-                // blocks while the slices live (they end with this function); readers only fill
-                // blocks that are not uptodate, which dirty blocks are not.
+                // SAFETY: these blocks are under writeback (or the caller holds the file's rw
+                // lock exclusively, for ext3-style files): no writer changes them (writers wait
+                // for a page's writeback), nothing drops or evicts them until `run_batch` takes
+                // them out of writeback, after this write; readers fill only blocks that are
+                // not uptodate, which these are.
                 slices.push(unsafe { pc.arena.bytes(slab, p, off, ((e - b) * bs) as usize) });
                 b = e;
             }
@@ -172,31 +371,6 @@ impl Fs {
             );
             Errno::EIO
         })
-    }
-
-    fn clear_dirty_blocks(&self, d: &InodeData, l: u64, n: u64) {
-        let bpp = PAGE_SIZE as u64 / self.block_size as u64;
-        let mut m = d.pages();
-        for b in l..l + n {
-            m.clear_dirty(&self.data.pc, b / bpp, 1 << (b % bpp));
-        }
-    }
-
-    /// A write failed: the blocks' data is gone from the cache (reads show the disk again) and
-    /// delayed blocks lose their reservation.
-    fn discard_blocks(&self, ino: Ino, d: &InodeData, l: u64, n: u64) {
-        let bpp = PAGE_SIZE as u64 / self.block_size as u64;
-        {
-            let mut m = d.pages();
-            for b in l..l + n {
-                m.clear_dirty(&self.data.pc, b / bpp, 1 << (b % bpp));
-            }
-            // Pages no longer holding trustworthy data go; a later read refills them.
-            m.drop_range(&self.data.pc, l / bpp, (l + n).div_ceil(bpp));
-        }
-        let delayed = self.delayed_in(ino, l, n);
-        self.es.remove(ino, l, n);
-        self.alloc.release(delayed);
     }
 
     /// Delayed blocks of `ino` in `[l, l + n)`.
@@ -224,7 +398,8 @@ impl Fs {
     }
 
     /// Allocate unwritten blocks for the hole at `lblk`: the whole delayed extent there (at
-    /// least `min_len` blocks), as contiguous as the allocator can. Returns (first block, count).
+    /// least `min_len` blocks), as contiguous as the allocator can. Returns (first block, count);
+    /// the count is 0 when the block was mapped meanwhile (by a concurrent writeback).
     /// Delayed blocks it covers give their reservation back. When only blocks freed by
     /// uncommitted transactions are left, commit and retry (jbd2's rule).
     pub(in crate::fs) fn alloc_unwritten(
@@ -255,9 +430,8 @@ impl Fs {
         // The hole may be shorter than asked (a mapped block further on).
         let m = self.map_block(ino, &inode, lblk)?;
         if m.target != Target::Hole {
-            return Err(crate::corrupt!(
-                "inode {ino}: block {lblk} was to be allocated but is mapped"
-            ));
+            // Another writeback of the file allocated it meanwhile.
+            return Ok((0, 0));
         }
         let want = want.min(m.len).min(u32::MAX as u64);
         let reserved = self.delayed_in(ino, lblk, want);
