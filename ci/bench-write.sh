@@ -7,9 +7,12 @@
 #   randwrite  20,000 random 4 KiB overwrites of a 1 GiB file, then fsync
 #   smallfiles 20,000 files of 4 KiB created, written, closed, then sync
 #   coldread   the 1 GiB file read after dropping caches;  reread: read again (cached)
-# Prints seconds per phase, ours/fuse2fs and ours/kernel (below 1: we are faster), and our daemon's
-# peak RSS (anon + shmem) during bigwrite with --cache-size (default 512M). e2fsck -fn checks every
-# image afterwards.
+# Our mount runs twice: with the image opened O_DIRECT (`--image-io direct`, the default) and with
+# buffered image I/O (`--image-io buffered`). Prints seconds per phase, ours/fuse2fs and
+# ours/kernel for both modes (below 1: we are faster), our daemon's peak RSS (anon + shmem) during
+# bigwrite with --cache-size (default 512M), and how much the host's page cache (Cached minus
+# Shmem, and Dirty, from /proc/meminfo) grew during bigwrite. e2fsck -fn checks every image
+# afterwards.
 # Usage: sudo bash ci/bench-write.sh [IMAGE_SIZE_GIB] [CACHE_SIZE] [BIG_GIB]
 set -euo pipefail
 SIZE_G=${1:-6}
@@ -21,7 +24,7 @@ for tool in mke2fs e2fsck fuse2fs python3; do
 done
 [ "$(id -u)" = 0 ] || { echo "bench-write: run as root (mounts)" >&2; exit 1; }
 cargo build --release --quiet
-BIN=$PWD/target/release/vhost-ext4
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/vhost-ext4
 WORK=$(mktemp -d /tmp/vhe-bench-write.XXXXXX)
 cleanup() {
     for m in "$WORK"/mnt-*; do mountpoint -q "$m" && umount "$m" 2>/dev/null || true; done
@@ -83,9 +86,25 @@ sample_rss() {
     echo "$peak"
 }
 
+# Peak growth of the host's file page cache (Cached - Shmem) and of Dirty, in KiB, sampled every
+# 0.1 s until the file $1 appears.
+sample_host_cache() {
+    local stop=$1 base peak=0 dpeak=0 c d
+    base=$(awk '/^Cached:/ {c = $2} /^Shmem:/ {s = $2} END {print c - s}' /proc/meminfo)
+    while [ ! -e "$stop" ]; do
+        read -r c d < <(awk '/^Cached:/ {c = $2} /^Shmem:/ {s = $2} /^Dirty:/ {d = $2}
+            END {print c - s, d}' /proc/meminfo)
+        [ $((c - base)) -gt "$peak" ] && peak=$((c - base))
+        [ "$d" -gt "$dpeak" ] && dpeak=$d
+        sleep 0.1
+    done
+    echo "$peak $dpeak"
+}
+
 mount_it() { # name img mnt
     case $1 in
-        ours) ( "$BIN" mount "$2" "$3" --cache-size "$CACHE" & ) ;;
+        ours) ( "$BIN" mount "$2" "$3" --cache-size "$CACHE" --image-io direct & ) ;;
+        ours-buffered) ( "$BIN" mount "$2" "$3" --cache-size "$CACHE" --image-io buffered & ) ;;
         fuse2fs) fuse2fs -o fakeroot "$2" "$3" ;;
         kernel) mount -o loop "$2" "$3" ;;
     esac
@@ -103,13 +122,18 @@ run() { # name
             sync; echo 3 > /proc/sys/vm/drop_caches
             mount_it "$name" "$img" "$mnt"
         fi
-        if [ "$phase" = bigwrite ] && [ "$name" = ours ]; then
-            local pid; pid=$(pgrep -n -f "$BIN mount $img") || pid=''
-            rm -f "$WORK/stop"
+        if [ "$phase" = bigwrite ]; then
+            local pid=''
+            case $name in ours*) pid=$(pgrep -n -f "$BIN mount $img") || pid='' ;; esac
+            rm -f "$WORK/stop" "$WORK/rss"
             [ -n "$pid" ] && sample_rss "$pid" "$WORK/stop" >"$WORK/rss" &
+            sample_host_cache "$WORK/stop" >"$WORK/hostcache" &
             timeout 3600 python3 "$WORK/workload.py" "$mnt" "$BIG_G" "$phase" | sed "s/^/$name /"
             touch "$WORK/stop"; wait
-            echo "$name peak-rss-kib $(cat "$WORK/rss" 2>/dev/null || echo 0)"
+            [ -n "$pid" ] && echo "$name peak-rss-kib $(cat "$WORK/rss" 2>/dev/null || echo 0)"
+            read -r hc hd <"$WORK/hostcache"
+            echo "$name host-cache-kib $hc"
+            echo "$name host-dirty-kib $hd"
             rm -f "$mnt/big"
         else
             timeout 3600 python3 "$WORK/workload.py" "$mnt" "$BIG_G" "$phase" | sed "s/^/$name /"
@@ -123,6 +147,7 @@ run() { # name
 
 {
     run ours
+    run ours-buffered
     run fuse2fs
     run kernel
 } | tee "$WORK/results"
@@ -134,11 +159,18 @@ for line in open(sys.argv[1]):
     p = line.split()
     if len(p) == 3:
         t[p[0]][p[1]] = float(p[2])
-print(f"{'phase':11} {'ours s':>8} {'fuse2fs s':>10} {'kernel s':>9} {'ours/fuse2fs':>13} {'ours/kernel':>12}")
+print(f"{'phase':11} {'direct s':>9} {'buffered s':>11} {'fuse2fs s':>10} {'kernel s':>9}"
+      f" {'direct/fuse2fs':>15} {'direct/kernel':>14} {'buffered/kernel':>16}")
 for ph in ("seqwrite", "bigwrite", "randwrite", "smallfiles", "coldread", "reread"):
-    o, f, k = (t[n].get(ph, float("nan")) for n in ("ours", "fuse2fs", "kernel"))
-    print(f"{ph:11} {o:8.2f} {f:10.2f} {k:9.2f} {o / f:13.2f} {o / k:12.2f}")
-rss = t["ours"].get("peak-rss-kib")
-if rss is not None:
-    print(f"our peak RSS (anon + shmem) during bigwrite: {rss / 1024:.0f} MiB with --cache-size {sys.argv[2]}")
+    o, b, f, k = (t[n].get(ph, float("nan")) for n in ("ours", "ours-buffered", "fuse2fs", "kernel"))
+    print(f"{ph:11} {o:9.2f} {b:11.2f} {f:10.2f} {k:9.2f} {o / f:15.2f} {o / k:14.2f} {b / k:16.2f}")
+for n, label in (("ours", "direct"), ("ours-buffered", "buffered")):
+    rss = t[n].get("peak-rss-kib")
+    if rss is not None:
+        print(f"our peak RSS (anon + shmem) during bigwrite, {label} image I/O: {rss / 1024:.0f} MiB"
+              f" with --cache-size {sys.argv[2]}")
+for n in ("ours", "ours-buffered", "fuse2fs", "kernel"):
+    hc, hd = t[n].get("host-cache-kib"), t[n].get("host-dirty-kib")
+    if hc is not None:
+        print(f"host page cache growth during bigwrite, {n}: {hc / 1024:.0f} MiB (peak Dirty {hd / 1024:.0f} MiB)")
 PY

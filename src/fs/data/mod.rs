@@ -16,10 +16,12 @@
 //!   (`alloc::busy`).
 //!
 //! Lock order: `InodeData::rw` (i_rwsem: writers, truncate and fallocate exclusive; reads and
-//! writeback shared) → `Fs::ns` (the namespace lock, taken only for a short metadata step: a
-//! block-map change or an inode update) → `InodeData::pages` (never held across device I/O
-//! except to read a page in) → the page cache's counters. Eviction and background writeback
-//! take other files' `rw` only with `try_*`, so two writers never wait on each other.
+//! writeback planning shared; writeback's device writes and completion run without it, on
+//! blocks marked under writeback in the page map) → `Fs::ns` (the namespace lock, taken only
+//! for a short metadata step: a block-map change or an inode update) → `InodeData::pages`
+//! (never held across device I/O except to read a page in) → the page cache's counters.
+//! Eviction, and writers writing back other files, take other files' `rw` only with `try_*`;
+//! a writer never waits for the flusher while holding its own, so the flusher may block on it.
 
 mod read;
 mod space;
