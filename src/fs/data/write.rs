@@ -14,7 +14,7 @@ use crate::fs::blocks::now;
 use crate::fs::bmap::Target;
 use crate::fs::types::Ino;
 use crate::ondisk::inode::{I_BLOCK_LEN, Inode, flags};
-use crate::pagecache::{NoSlab, PAGE_SIZE, PageIndex, SlabId};
+use crate::pagecache::{NoSlab, PAGE_SIZE, PageIndex, SLAB_PAGES, SlabId};
 
 /// FUSE_WRITE_KILL_SUIDGID: the writer is not privileged; drop suid/sgid as the kernel does.
 pub const KILL_SUIDGID: u32 = 1;
@@ -296,6 +296,7 @@ impl Fs {
     ) -> (usize, Option<Errno>) {
         let pc = &self.data.pc;
         let bs = self.block_size as usize;
+        self.prefault(d, offset, data.len());
         let mut done = 0usize;
         while done < data.len() {
             let pos = offset + done as u64;
@@ -328,6 +329,28 @@ impl Fs {
             done += n;
         }
         (done, None)
+    }
+
+    /// A large write into pages not yet in the cache: give them memory in one call per chunk
+    /// rather than one page fault each.
+    fn prefault(&self, d: &InodeData, offset: u64, len: usize) {
+        const MIN_PAGES: u64 = 16;
+        let first = offset.div_ceil(PAGE_SIZE as u64);
+        let end = (offset + len as u64) / PAGE_SIZE as u64;
+        let mut a = first;
+        while a + MIN_PAGES <= end {
+            let chunk_end = (a / SLAB_PAGES as u64 + 1) * SLAB_PAGES as u64;
+            let b = end.min(chunk_end);
+            let mut m = d.pages();
+            let fresh = (a..b).filter(|&i| !m.state(i).resident).count() as u64;
+            if fresh >= MIN_PAGES
+                && let Ok((slab, p)) = m.get_or_create(&self.data.pc, a)
+            {
+                drop(m);
+                self.data.pc.arena.populate(slab, p, (b - a) as usize);
+            }
+            a = b;
+        }
     }
 
     /// The page `idx` of the file, resident, for a write: when no slab is free, evict clean
