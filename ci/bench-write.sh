@@ -10,16 +10,16 @@
 # Our mount runs twice: with the image opened O_DIRECT (`--image-io direct`, the default) and with
 # buffered image I/O (`--image-io buffered`). Prints seconds per phase, ours/fuse2fs and
 # ours/kernel for both modes (below 1: we are faster), our daemon's peak RSS (anon + shmem) during
-# bigwrite with --cache-size (default 512M), and how much the host's page cache (Cached minus
-# Shmem, and Dirty, from /proc/meminfo) grew during bigwrite. e2fsck -fn checks every image
-# afterwards.
+# bigwrite with --cache-size (default 512M), and the peak of the image file's pages in the host's
+# page cache (fincore) and of the host's Dirty memory during bigwrite. e2fsck -fn checks every
+# image afterwards.
 # Usage: sudo bash ci/bench-write.sh [IMAGE_SIZE_GIB] [CACHE_SIZE] [BIG_GIB]
 set -euo pipefail
 SIZE_G=${1:-6}
 CACHE=${2:-512M}
 BIG_G=${3:-4}
 cd "$(dirname "$0")/.."
-for tool in mke2fs e2fsck fuse2fs python3; do
+for tool in mke2fs e2fsck fuse2fs python3 fincore; do
     command -v "$tool" >/dev/null || { echo "bench-write: $tool is required" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "bench-write: run as root (mounts)" >&2; exit 1; }
@@ -86,19 +86,29 @@ sample_rss() {
     echo "$peak"
 }
 
-# Peak growth of the host's file page cache (Cached - Shmem) and of Dirty, in KiB, sampled every
-# 0.1 s until the file $1 appears.
+# Peak of the image file's pages in the host's page cache (fincore) and of the host's Dirty
+# memory, in KiB, sampled every 0.1 s until the file $2 appears.
 sample_host_cache() {
-    local stop=$1 base peak=0 dpeak=0 c d
-    base=$(awk '/^Cached:/ {c = $2} /^Shmem:/ {s = $2} END {print c - s}' /proc/meminfo)
+    local img=$1 stop=$2 peak=0 dpeak=0 c d
     while [ ! -e "$stop" ]; do
-        read -r c d < <(awk '/^Cached:/ {c = $2} /^Shmem:/ {s = $2} /^Dirty:/ {d = $2}
-            END {print c - s, d}' /proc/meminfo)
-        [ $((c - base)) -gt "$peak" ] && peak=$((c - base))
+        c=$(fincore --bytes --noheadings --output RES "$img" 2>/dev/null || echo 0)
+        c=$((c / 1024))
+        d=$(awk '/^Dirty:/ {print $2}' /proc/meminfo)
+        [ "$c" -gt "$peak" ] && peak=$c
         [ "$d" -gt "$dpeak" ] && dpeak=$d
         sleep 0.1
     done
     echo "$peak $dpeak"
+}
+
+# Unmount, retrying while the last closes still hold it busy.
+unmount() {
+    local i
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        umount "$1" 2>/dev/null && return 0
+        sleep 0.5
+    done
+    umount "$1"
 }
 
 mount_it() { # name img mnt
@@ -118,7 +128,7 @@ run() { # name
     mke2fs -q -F -t ext4 "$img" "${SIZE_G}G"
     for phase in seqwrite bigwrite randwrite smallfiles coldread reread; do
         if [ "$phase" != reread ]; then
-            mountpoint -q "$mnt" && { umount "$mnt"; sleep 1; }
+            mountpoint -q "$mnt" && { unmount "$mnt"; sleep 1; }
             sync; echo 3 > /proc/sys/vm/drop_caches
             mount_it "$name" "$img" "$mnt"
         fi
@@ -127,7 +137,7 @@ run() { # name
             case $name in ours*) pid=$(pgrep -n -f "$BIN mount $img") || pid='' ;; esac
             rm -f "$WORK/stop" "$WORK/rss"
             [ -n "$pid" ] && sample_rss "$pid" "$WORK/stop" >"$WORK/rss" &
-            sample_host_cache "$WORK/stop" >"$WORK/hostcache" &
+            sample_host_cache "$img" "$WORK/stop" >"$WORK/hostcache" &
             timeout 3600 python3 "$WORK/workload.py" "$mnt" "$BIG_G" "$phase" | sed "s/^/$name /"
             touch "$WORK/stop"; wait
             [ -n "$pid" ] && echo "$name peak-rss-kib $(cat "$WORK/rss" 2>/dev/null || echo 0)"
@@ -140,7 +150,7 @@ run() { # name
             [ "$phase" = bigwrite ] && rm -f "$mnt/big"
         fi
     done
-    umount "$mnt"; sleep 1
+    unmount "$mnt"; sleep 1
     e2fsck -fn "$img" >/dev/null 2>&1 || echo "$name check: e2fsck -fn found problems"
     rm -f "$img"
 }
@@ -172,5 +182,6 @@ for n, label in (("ours", "direct"), ("ours-buffered", "buffered")):
 for n in ("ours", "ours-buffered", "fuse2fs", "kernel"):
     hc, hd = t[n].get("host-cache-kib"), t[n].get("host-dirty-kib")
     if hc is not None:
-        print(f"host page cache growth during bigwrite, {n}: {hc / 1024:.0f} MiB (peak Dirty {hd / 1024:.0f} MiB)")
+        print(f"image pages in the host's page cache during bigwrite, {n}: peak {hc / 1024:.0f} MiB"
+              f" (host Dirty peak {hd / 1024:.0f} MiB)")
 PY
