@@ -90,4 +90,6 @@ mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 #[cfg(test)]
+mod truncate_steps_tests;
+#[cfg(test)]
 mod write_tests;
