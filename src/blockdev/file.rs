@@ -129,8 +129,22 @@ impl FileDevice {
         } else {
             libc::LOCK_EX
         };
-        // SAFETY: flock on a valid, owned file descriptor; no memory is passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
+        // A lock released a moment ago may still be held for a little while by a child the
+        // previous holder's process forked (its copy of the descriptor lives until the child
+        // execs): try for up to a second before calling the image busy.
+        let mut tries = 0;
+        let rc = loop {
+            // SAFETY: flock on a valid, owned file descriptor; no memory is passed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
+            if rc == 0
+                || io::Error::last_os_error().raw_os_error() != Some(libc::EWOULDBLOCK)
+                || tries == 20
+            {
+                break rc;
+            }
+            tries += 1;
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         if rc != 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
