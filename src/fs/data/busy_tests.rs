@@ -87,6 +87,7 @@ fn ext3_writeback_skips_blocks_freed_by_an_uncommitted_transaction() {
     fs.fsync(b, false).unwrap();
     let new = blocks_of(&fs, b, 64);
     assert_eq!(new.len(), 64);
+    assert!(new.iter().all(|&b| !fs.alloc.is_busy(b)));
     assert!(
         new.is_disjoint(&old),
         "ext3-style writeback reused blocks freed by an uncommitted transaction"
@@ -118,6 +119,10 @@ fn inline_conversion_skips_blocks_freed_by_an_uncommitted_transaction() {
     fs.write(c, 40, &[0xCD; 2000], 0).unwrap();
     let new = blocks_of(&fs, c, 1);
     assert_eq!(new.len(), 1, "the file should have left its inode");
+    assert!(
+        new.iter().all(|&b| !fs.alloc.is_busy(b)),
+        "the inline conversion took a busy block: {new:?}"
+    );
     assert!(
         new.is_disjoint(&old),
         "the inline conversion reused a block freed by an uncommitted transaction"
