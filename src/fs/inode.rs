@@ -100,6 +100,7 @@ impl Fs {
             },
             blksize: self.block_size,
             generation: i.generation,
+            dax: i.has_flag(flags::DAX),
         }
     }
 }
