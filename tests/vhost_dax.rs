@@ -121,6 +121,18 @@ impl Guest {
         g
     }
 
+    /// CREATE `name`: (node, file handle).
+    fn create_open(&mut self, name: &str) -> (u64, u64) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(libc::O_RDWR as u32).to_le_bytes());
+        b.extend_from_slice(&0o100644u32.to_le_bytes());
+        b.extend_from_slice(&[0u8; 8]);
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        let r = self.ok(CREATE, ROOT, &b);
+        (u64_at(&r, 0), u64_at(&r, 128))
+    }
+
     fn create(&mut self, name: &str) -> u64 {
         let mut b = Vec::new();
         b.extend_from_slice(&(libc::O_RDWR as u32).to_le_bytes());
@@ -612,5 +624,74 @@ fn dax_crash_after_fsync_loses_nothing() {
     let km = KernelMount::start(&fx.image, &fx.dir.path().join("kmnt"));
     let got = std::fs::read(km.dir.join("crash")).unwrap();
     assert!(got == model, "fsynced window stores survive the kill");
+    km.unmount();
+}
+
+/// Punching a hole in a mapped range shows zeros through the window and leaves a hole on disk;
+/// freeing a file a window still maps (a guest that sends FORGET without REMOVEMAPPING) unmaps
+/// it first.
+#[test]
+fn dax_punch_and_free_while_mapped() {
+    let fx = Fixture::new(32, &[]);
+    let (d, mut g) = fx.guest();
+    let f = g.create("punched");
+    let mut model = pattern(CHUNK as usize, 8);
+    g.write(f, 0, &model[..1 << 20]);
+    g.write(f, 1 << 20, &model[1 << 20..]);
+    g.fsync(f);
+    assert_eq!(g.setup(f, 0, CHUNK, MAP_R | MAP_W, 0), 0);
+    // PUNCH_HOLE | KEEP_SIZE of [64 KiB, 192 KiB).
+    assert_eq!(g.fallocate(f, 64 << 10, 128 << 10, 0x3), 0);
+    model[64 << 10..192 << 10].fill(0);
+    assert_eq!(g.dax().load(64 << 10, 128 << 10), vec![0u8; 128 << 10]);
+    assert_eq!(g.read(f, 0, 512 << 10), model[..512 << 10]);
+    g.dax().store(4096, b"still mapped");
+    model[4096..4108].copy_from_slice(b"still mapped");
+    g.fsync(f);
+    assert_eq!(g.remove(&[(0, CHUNK)]), 0);
+    g.fsync(f);
+
+    // A file mapped twice (one chunk in two slots), unlinked, released and forgotten.
+    let (victim, fh) = g.create_open("victim");
+    g.write(victim, 0, &pattern(1 << 20, 9));
+    assert_eq!(g.setup(victim, 0, CHUNK, MAP_R | MAP_W, 2 * CHUNK), 0);
+    assert_eq!(g.setup(victim, 0, CHUNK, MAP_R, 3 * CHUNK), 0);
+    g.ok(10, ROOT, b"victim\0"); // UNLINK
+    let mut rel = fh.to_le_bytes().to_vec();
+    rel.extend_from_slice(&[0u8; 16]);
+    g.ok(18, victim, &rel); // RELEASE
+    assert_eq!(
+        g.dax().mappings().len(),
+        2,
+        "an open or looked-up file keeps its mappings"
+    );
+    g.unique += 1;
+    let forget = msg(2, g.unique, victim, &1u64.to_le_bytes());
+    let (used, _) = g.vmm.roundtrip(0, &forget, 0);
+    assert_eq!(used, 0);
+    let start = std::time::Instant::now();
+    while !g.dax().mappings().is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the freed file's mappings were never unmapped: {:?}",
+            g.dax().mappings()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        g.dax().counts.lock().unwrap().2,
+        0,
+        "the VMM refused nothing"
+    );
+    let km = fx.finish(d, g);
+    let path = km.dir.join("punched");
+    assert!(std::fs::read(&path).unwrap() == model);
+    let file = std::fs::File::open(&path).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on an open descriptor.
+    let hole = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, 64 << 10, "the punched range stays a hole on disk");
+    drop(file);
+    assert!(!km.dir.join("victim").exists());
     km.unmount();
 }

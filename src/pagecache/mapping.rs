@@ -20,6 +20,9 @@ pub struct PageState {
     pub resident: bool,
     pub uptodate: u8,
     pub dirty: u8,
+    /// Dropped (truncate, punch) while a window mapped its chunk: until someone writes it, its
+    /// zeros are a hole, not data.
+    pub cut: bool,
 }
 
 /// A 2 MiB-aligned chunk of the file and the slab that holds it.
@@ -258,6 +261,7 @@ impl Mapping {
         };
         let pg = &mut ch.pages[p];
         pg.uptodate |= mask;
+        pg.cut = false;
         if pg.dirty == 0 && mask != 0 {
             ch.dirty += 1;
             self.dirty += 1;
@@ -324,7 +328,10 @@ impl Mapping {
             self.dirty -= 1;
             pc.dirty.fetch_sub(1, Ordering::Relaxed);
         }
-        ch.pages[p] = PageState::default();
+        ch.pages[p] = PageState {
+            cut: ch.pins > 0,
+            ..PageState::default()
+        };
         ch.resident -= 1;
         self.resident -= 1;
         pc.resident.fetch_sub(1, Ordering::Relaxed);

@@ -58,6 +58,12 @@ fn chunk_of(offset: u64, len: u64) -> Result<u64> {
     Ok(offset / slab)
 }
 
+fn page_is_zero(pc: &crate::pagecache::PageCache, slab: u32, p: usize) -> bool {
+    let mut page = [0u8; PAGE_SIZE];
+    pc.arena.read(slab, p, 0, &mut page);
+    page.iter().all(|&b| b == 0)
+}
+
 impl Fs {
     /// The memfd a window maps chunks of.
     pub fn dax_memfd(&self) -> RawFd {
@@ -249,8 +255,8 @@ impl Fs {
     }
 
     /// Mark the pages of chunk `c` within `size` dirty. A page not resident (cut by a truncate
-    /// or punch since the mapping was made) counts only if the guest wrote it again (the memfd
-    /// holds data there).
+    /// or punch since the mapping was made) counts only if the guest stored something other
+    /// than zeros there since, so a punched hole stays a hole.
     fn redirty_chunk(&self, m: &mut Mapping, c: u64, size: u64) {
         let pc = &self.data.pc;
         let bs = self.block_size as u64;
@@ -261,11 +267,25 @@ impl Fs {
             .min(first + SLAB_PAGES as u64);
         for idx in first..end_page {
             let st = m.state(idx);
+            if st.resident && st.cut && st.dirty == 0 {
+                // Cut while mapped and refilled with zeros since: still a hole unless the guest
+                // stored data there.
+                if let Some((slab, p)) = m.slab_of(idx)
+                    && page_is_zero(pc, slab, p)
+                {
+                    continue;
+                }
+            }
             if !st.resident {
                 let Some((slab, p)) = m.slab_of(idx) else {
                     return;
                 };
                 if !pc.arena.has_data(slab, p) {
+                    continue;
+                }
+                if page_is_zero(pc, slab, p) {
+                    // Only read (a read fault fills a zero page) or stored zeros: a hole.
+                    pc.arena.punch(slab, p, 1);
                     continue;
                 }
                 if m.get_or_create(pc, idx).is_err() {
