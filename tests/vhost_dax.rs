@@ -77,6 +77,7 @@ struct Guest {
     unique: u64,
     /// The INIT reply's flags and map_alignment.
     init_flags: u32,
+    init_flags2: u32,
     map_alignment: u16,
 }
 
@@ -104,6 +105,7 @@ impl Guest {
             vmm,
             unique: 0,
             init_flags: 0,
+            init_flags2: 0,
             map_alignment: 0,
         };
         let mut b = Vec::new();
@@ -118,6 +120,7 @@ impl Guest {
         let r = g.ok(INIT, 0, &b);
         g.init_flags = u32_at(&r, 12);
         g.map_alignment = u16::from_le_bytes(r[30..32].try_into().unwrap());
+        g.init_flags2 = u32_at(&r, 32);
         g
     }
 
@@ -290,10 +293,31 @@ fn dax_is_offered_only_when_the_frontend_takes_the_window() {
     );
     drop(fe);
     d.wait().unwrap();
-    // With the window: INIT announces 4 KiB alignment.
-    let (d, g) = fx.guest();
+    // Give "f" the ext4 DAX flag (chattr +x), keeping its extents flag.
+    let flags = debugfs(&fx.image, "stat /f");
+    assert!(flags.contains("Flags: 0x80000"), "{flags}");
+    let out = run_any(
+        Command::new("debugfs")
+            .args(["-w", "-R", "set_inode_field /f flags 0x2080000"])
+            .arg(&fx.image),
+    );
+    assert!(out.status.success());
+    // With the window: INIT announces 4 KiB alignment and per-inode DAX, and the DAX flag
+    // shows as FUSE_ATTR_DAX.
+    let (d, mut g) = fx.guest();
     assert_eq!(g.map_alignment, 12);
+    assert_ne!(g.init_flags2 & 2, 0, "HAS_INODE_DAX");
     assert_eq!(g.dax().size, WINDOW, "GET_SHMEM_CONFIG reports the window");
+    let mut name = b"f".to_vec();
+    name.push(0);
+    let e = g.ok(1, ROOT, &name);
+    assert_eq!(u32_at(&e, 40 + 84) & 2, 2, "FUSE_ATTR_DAX on the flagged file");
+    let mut name = b"plain".to_vec();
+    name.push(0);
+    let p = g.create("plain");
+    let e = g.ok(1, ROOT, &name);
+    assert_eq!(u64_at(&e, 0), p);
+    assert_eq!(u32_at(&e, 40 + 84) & 2, 0, "no FUSE_ATTR_DAX without the flag");
     let km = fx.finish(d, g);
     km.unmount();
 }
