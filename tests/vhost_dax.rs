@@ -311,13 +311,21 @@ fn dax_is_offered_only_when_the_frontend_takes_the_window() {
     let mut name = b"f".to_vec();
     name.push(0);
     let e = g.ok(1, ROOT, &name);
-    assert_eq!(u32_at(&e, 40 + 84) & 2, 2, "FUSE_ATTR_DAX on the flagged file");
+    assert_eq!(
+        u32_at(&e, 40 + 84) & 2,
+        2,
+        "FUSE_ATTR_DAX on the flagged file"
+    );
     let mut name = b"plain".to_vec();
     name.push(0);
     let p = g.create("plain");
     let e = g.ok(1, ROOT, &name);
     assert_eq!(u64_at(&e, 0), p);
-    assert_eq!(u32_at(&e, 40 + 84) & 2, 0, "no FUSE_ATTR_DAX without the flag");
+    assert_eq!(
+        u32_at(&e, 40 + 84) & 2,
+        0,
+        "no FUSE_ATTR_DAX without the flag"
+    );
     let km = fx.finish(d, g);
     km.unmount();
 }

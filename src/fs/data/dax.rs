@@ -200,7 +200,7 @@ impl Fs {
         let Ok(c) = chunk_of(offset, len) else {
             return;
         };
-        let Some(d) = self.data.get(ino) else {
+        let Some(d) = self.inodes.get(ino) else {
             return;
         };
         let _w = d.write_lock();
