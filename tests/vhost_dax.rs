@@ -108,6 +108,12 @@ impl Guest {
             init_flags2: 0,
             map_alignment: 0,
         };
+        g.init();
+        g
+    }
+
+    /// FUSE INIT (again: the guest rebooted and mounts anew).
+    fn init(&mut self) {
         let mut b = Vec::new();
         b.extend_from_slice(&7u32.to_le_bytes());
         b.extend_from_slice(&41u32.to_le_bytes());
@@ -117,11 +123,10 @@ impl Guest {
         b.extend_from_slice(&flags.to_le_bytes());
         b.extend_from_slice(&2u32.to_le_bytes());
         b.extend_from_slice(&[0u8; 44]);
-        let r = g.ok(INIT, 0, &b);
-        g.init_flags = u32_at(&r, 12);
-        g.map_alignment = u16::from_le_bytes(r[30..32].try_into().unwrap());
-        g.init_flags2 = u32_at(&r, 32);
-        g
+        let r = self.ok(INIT, 0, &b);
+        self.init_flags = u32_at(&r, 12);
+        self.map_alignment = u16::from_le_bytes(r[30..32].try_into().unwrap());
+        self.init_flags2 = u32_at(&r, 32);
     }
 
     /// CREATE `name`: (node, file handle).
@@ -609,6 +614,14 @@ fn dax_malformed_requests_get_einval() {
         pattern(8192, 4),
         "the daemon carries on"
     );
+    // A new INIT (the guest rebooted): every mapping is dropped; the window still works.
+    g.init();
+    assert_ne!(g.init_flags & MAP_ALIGNMENT, 0);
+    assert!(
+        g.dax().mappings().is_empty(),
+        "a new session drops the old mappings"
+    );
+    assert_eq!(g.setup(f, 0, CHUNK, MAP_R, 0), 0);
     let km = fx.finish(d, g);
     km.unmount();
 }

@@ -167,10 +167,16 @@ impl Window {
         }
     }
 
-    /// The frontend went away or reset the device: its mappings are gone; drop ours without
+    /// The frontend went away: its mappings and the channel are gone; drop ours without
     /// asking it anything.
     pub fn disconnect(&self) {
         *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.device_reset();
+    }
+
+    /// The frontend reset the device, which drops its shared memory mappings (the channel
+    /// stays, for the guest's next session): forget ours without asking it anything.
+    pub fn device_reset(&self) {
         let gone: Vec<(u64, Slot)> = std::mem::take(&mut *self.slots()).into_iter().collect();
         if !gone.is_empty() {
             info!(

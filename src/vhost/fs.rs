@@ -201,7 +201,7 @@ impl VhostUserBackend for FsDevice {
     fn reset_device(&self) {
         // A device reset drops the frontend's shared memory mappings.
         if let Some(w) = &self.dax {
-            w.disconnect();
+            w.device_reset();
         }
     }
 
