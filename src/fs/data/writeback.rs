@@ -36,6 +36,8 @@ impl Fs {
         from: PageIndex,
         to: PageIndex,
     ) -> Result<()> {
+        // Pages a guest may have stored into through a writable window mapping.
+        self.dax_redirty(d);
         let dirty = d.pages().dirty_in(from, to);
         if dirty.is_empty() {
             return Ok(());
