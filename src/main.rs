@@ -68,6 +68,11 @@ enum Command {
         /// Let the guest kernel cache writes (FUSE_WRITEBACK_CACHE).
         #[arg(long)]
         writeback_cache: bool,
+        /// Size of the DAX window (virtio shared memory region 0) offered to a frontend that
+        /// supports the vhost-user SHMEM protocol feature, e.g. 512M or 1G; a multiple of
+        /// 2 MiB, at most four times --cache-size; 0 turns it off.
+        #[arg(long, default_value = "512M", value_parser = vhost_ext4::pagecache::parse_size)]
+        dax_window: u64,
     },
     /// Export IMAGE to a VM as a vhost-user-blk device (the guest runs its own ext4).
     Blk {
@@ -274,9 +279,11 @@ fn main() -> ExitCode {
             thread_pool_size,
             cache_size,
             writeback_cache,
+            dax_window,
         } => {
             init_logging(&b.log_level);
             vhost_ext4::vhost::run_fs(vhost_ext4::vhost::FsArgs {
+                dax_window,
                 socket_path: b.socket_path,
                 fd: b.fd,
                 image: b.image,

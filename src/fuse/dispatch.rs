@@ -113,6 +113,9 @@ const WANTED_INIT_FLAGS: u64 = init_flags::ASYNC_READ
     | init_flags::CACHE_SYMLINKS
     | init_flags::INIT_EXT;
 
+/// log2 of the window alignment we announce with FUSE_MAP_ALIGNMENT (4 KiB pages).
+pub const DAX_MAP_ALIGNMENT_LOG2: u16 = 12;
+
 /// `open_flags` of every OPEN and CREATE reply for a regular file.
 /// * `KEEP_CACHE`: file data changes only through this client's own requests, so the kernel's
 ///   page cache stays valid across opens.
@@ -150,6 +153,8 @@ pub struct Dispatcher {
     flags: AtomicU64,
     /// Serializes INIT and DESTROY.
     state: Mutex<()>,
+    /// The DAX window, when the transport has one.
+    dax: std::sync::OnceLock<Arc<dyn super::DaxWindow>>,
 }
 
 impl Dispatcher {
@@ -162,7 +167,20 @@ impl Dispatcher {
             minor: AtomicU32::new(0),
             flags: AtomicU64::new(0),
             state: Mutex::new(()),
+            dax: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Serve SETUPMAPPING / REMOVEMAPPING through `window` (set once, before the first INIT).
+    pub fn set_dax_window(&self, window: Arc<dyn super::DaxWindow>) {
+        if self.dax.set(window).is_err() {
+            warn!("fuse: a DAX window was set twice; keeping the first");
+        }
+    }
+
+    /// The DAX window, when it is usable.
+    fn dax_window(&self) -> Option<&Arc<dyn super::DaxWindow>> {
+        self.dax.get().filter(|w| w.active())
     }
 
     /// True once DESTROY was handled (until a new INIT starts another session).
@@ -432,8 +450,21 @@ impl Dispatcher {
                 Ok(r)
             }
 
-            // DAX window: not yet.
-            Op::SetupMapping(_) | Op::RemoveMapping(_) => Err(Errno::ENOSYS),
+            // The DAX window (ENOSYS without one, as the kernel expects).
+            Op::SetupMapping(arg) => {
+                let w = self.dax_window().ok_or(Errno::ENOSYS)?;
+                let write = arg.flags & abi::SETUPMAPPING_FLAG_WRITE != 0;
+                if write && fs.is_read_only() {
+                    return Err(Errno::EROFS);
+                }
+                w.setup(ino, arg)?;
+                Ok(Some(reply::empty(unique)))
+            }
+            Op::RemoveMapping(list) => {
+                let w = self.dax_window().ok_or(Errno::ENOSYS)?;
+                w.remove(list)?;
+                Ok(Some(reply::empty(unique)))
+            }
             // ENOSYS makes the kernel fall back: local locks, no bmap, no ioctl, default poll.
             Op::Getlk(_)
             | Op::Setlk(_)
@@ -604,6 +635,10 @@ impl Dispatcher {
             self.fs.forget_all();
             self.initialized.store(false, Ordering::Release);
         }
+        if let Some(w) = self.dax.get() {
+            // A new session knows none of the old one's mappings.
+            w.reset();
+        }
         if arg.major > abi::KERNEL_VERSION {
             // The kernel speaks a newer major: tell it ours and wait for a new INIT.
             info!(
@@ -639,6 +674,14 @@ impl Dispatcher {
         } else {
             WANTED_INIT_FLAGS
         };
+        // DAX: 4 KiB window alignment (a mapping is any page-aligned part of a 2 MiB chunk), and
+        // per-inode DAX (`dax=inode`) from the ext4 inode's DAX flag.
+        let dax = self.dax_window().is_some();
+        let wanted = if dax {
+            wanted | init_flags::MAP_ALIGNMENT | init_flags::HAS_INODE_DAX
+        } else {
+            wanted
+        };
         let mut flags = arg.flags & wanted;
         if flags & init_flags::INIT_EXT == 0 {
             // Without INIT_EXT there is no flags2 word.
@@ -658,7 +701,11 @@ impl Dispatcher {
             } else {
                 0
             },
-            map_alignment: 0,
+            map_alignment: if flags & init_flags::MAP_ALIGNMENT != 0 {
+                DAX_MAP_ALIGNMENT_LOG2
+            } else {
+                0
+            },
             max_stack_depth: 0,
             request_timeout: 0,
         };

@@ -2,6 +2,7 @@
 //! `/dev/fuse` transport. The dispatcher knows nothing of the transport.
 
 pub mod abi;
+pub mod dax;
 pub mod devfuse;
 pub mod dispatch;
 pub mod options;
@@ -9,5 +10,6 @@ pub mod permission;
 pub mod reply;
 pub mod request;
 
+pub use dax::DaxWindow;
 pub use devfuse::{DevFuse, MountConfig, mount, unmount};
 pub use dispatch::{DispatchOptions, Dispatcher, Transport};

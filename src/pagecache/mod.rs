@@ -24,6 +24,9 @@ pub struct PageCache {
     dirty: AtomicUsize,
     writeback: AtomicUsize,
     tick: AtomicU64,
+    /// Slabs pinned by window mappings (their pages are not counted against the limit: a DAX
+    /// window bounds them).
+    pinned_slabs: AtomicUsize,
 }
 
 impl PageCache {
@@ -40,6 +43,7 @@ impl PageCache {
             dirty: AtomicUsize::new(0),
             writeback: AtomicUsize::new(0),
             tick: AtomicU64::new(1),
+            pinned_slabs: AtomicUsize::new(0),
         })
     }
 
@@ -77,7 +81,14 @@ impl PageCache {
 
     /// Resident pages past the limit (what eviction should free).
     pub fn over_limit(&self) -> usize {
-        self.resident_pages().saturating_sub(self.limit_pages)
+        let pinned = self.pinned_slabs() * SLAB_PAGES;
+        self.resident_pages()
+            .saturating_sub(self.limit_pages.saturating_add(pinned))
+    }
+
+    /// Slabs pinned by window mappings.
+    pub fn pinned_slabs(&self) -> usize {
+        self.pinned_slabs.load(Ordering::Relaxed)
     }
 }
 

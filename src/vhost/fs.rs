@@ -20,7 +20,10 @@ use log::{error, warn};
 use std::io::{self, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Backend;
+use vhost::vhost_user::message::{
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
+};
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -46,6 +49,8 @@ pub struct FsDevice {
     max_request: usize,
     pool: Option<Pool>,
     core: Core,
+    /// The DAX window offered to the frontend, if any.
+    dax: Option<Arc<super::dax::Window>>,
 }
 
 impl FsDevice {
@@ -82,7 +87,15 @@ impl FsDevice {
             max_request,
             pool,
             core: Core::new(1 + request_queues),
+            dax: None,
         })
+    }
+
+    /// Offer `window` as shared memory region 0 (the DAX window): the SHMEM protocol feature
+    /// and a backend request channel are then offered too.
+    pub fn with_dax(mut self, window: Arc<super::dax::Window>) -> FsDevice {
+        self.dax = Some(window);
+        self
     }
 
     /// Stop the vring threads, wait for every request in flight, and stop the workers.
@@ -156,10 +169,40 @@ impl VhostUserBackend for FsDevice {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
+        let pf = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.dax.is_some() {
+            pf | VhostUserProtocolFeatures::SHMEM
+                | VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::BACKEND_SEND_FD
+        } else {
+            pf
+        }
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        match &self.dax {
+            Some(w) => Ok(w.shmem_config()),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no shared memory region (no DAX window)",
+            )),
+        }
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        if let Some(w) = &self.dax {
+            w.set_backend(backend);
+        }
+    }
+
+    fn reset_device(&self) {
+        // A device reset drops the frontend's shared memory mappings.
+        if let Some(w) = &self.dax {
+            w.device_reset();
+        }
     }
 
     fn set_event_idx(&self, enabled: bool) {

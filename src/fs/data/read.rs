@@ -68,6 +68,7 @@ impl Fs {
             return Ok(());
         }
         let end = fsize.min(offset + size as u64);
+        self.dax_redirty_range(&d, offset, end);
         if !self.cache_range(ino, &d, offset, end, fsize)? {
             // No room in the cache at all: put the dirty data of the range on disk, then read
             // around the cache.
@@ -104,7 +105,14 @@ impl Fs {
 
     /// Make the blocks of `[from, to)` uptodate in the cache, reading ahead past `to` (within
     /// the file size `fsize`). False when the cache has no slab to spare.
-    fn cache_range(&self, ino: Ino, d: &InodeData, from: u64, to: u64, fsize: u64) -> Result<bool> {
+    pub(super) fn cache_range(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        from: u64,
+        to: u64,
+        fsize: u64,
+    ) -> Result<bool> {
         let bs = self.block_size as u64;
         let bpp = PAGE_SIZE as u64 / bs;
         let first = from / bs;

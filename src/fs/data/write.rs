@@ -113,6 +113,7 @@ impl Fs {
         for &(s, l) in &holes {
             self.es.insert(ino, s, l, Status::Delayed);
         }
+        self.dax_redirty_range(d, offset, offset + len);
         let (done, err) = self.copy_into_pages(ino, d, offset, data);
         if (done as u64) < len {
             // Release the delayed blocks no byte of this write reached.
@@ -181,7 +182,7 @@ impl Fs {
     /// An inline-data file is about to get data past what its inode holds: move the data to a
     /// block (written at once, before the map that points to it commits) and return the inode
     /// as it is now.
-    fn inline_to_blocks(&self, ino: Ino, d: &InodeData) -> Result<Inode> {
+    pub(super) fn inline_to_blocks(&self, ino: Ino, d: &InodeData) -> Result<Inode> {
         let _g = self.ns_write();
         let mut inode = self.read_inode(ino)?;
         if !inode.has_flag(flags::INLINE_DATA) {
@@ -256,7 +257,7 @@ impl Fs {
     /// Reserve `n` blocks for delayed allocation. When they do not fit: write back and commit
     /// (the kernel's retry after a forced commit), then try once more; ENOSPC is answered here,
     /// by write(), never later at writeback.
-    fn reserve_blocks(&self, ino: Ino, d: &InodeData, n: u64) -> Result<()> {
+    pub(super) fn reserve_blocks(&self, ino: Ino, d: &InodeData, n: u64) -> Result<()> {
         let pool = self.metadata_pool();
         if self.alloc.reserve(n, pool) {
             return Ok(());
