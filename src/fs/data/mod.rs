@@ -393,8 +393,8 @@ impl Fs {
 }
 
 #[cfg(test)]
-mod busy_tests;
-#[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod data_alloc_tests;
 #[cfg(test)]
 mod tests;

@@ -264,7 +264,7 @@ impl Fs {
     /// Blocks kept free beside the delalloc reservations for the metadata writeback allocates
     /// (2% of the file system, at most 4096 blocks; the kernel's s_resv_clusters).
     pub(in crate::fs) fn metadata_pool(&self) -> u64 {
-        (self.sb.blocks_count / 50).min(4096)
+        self.alloc.metadata_pool()
     }
 
     /// Copy `data` into the page cache at `offset`, filling partial blocks first. Returns the
