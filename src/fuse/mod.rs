@@ -4,6 +4,7 @@
 pub mod abi;
 pub mod devfuse;
 pub mod dispatch;
+pub mod io;
 pub mod options;
 pub mod permission;
 pub mod reply;
