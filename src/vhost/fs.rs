@@ -378,3 +378,7 @@ fn error_reply(chain: &Chain, unique: u64, errno: Errno, queue: usize) -> u32 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+#[path = "fs_tests.rs"]
+mod tests;

@@ -304,6 +304,32 @@ pub fn drain(core: &Core, vring: &Vring, queue: usize, mut serve: impl FnMut(Vec
     }
 }
 
+/// A descriptor chain over `bufs` (guest address, length, device-writable), in order, laid out
+/// with virtio-queue's mock split queue at the bottom of `mem` (keep buffers above 64 KiB).
+#[cfg(test)]
+pub(crate) fn mock_chain(mem: &Arc<Mem>, bufs: &[(u64, u32, bool)]) -> Chain {
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+    mem.write_slice(&[0u8; 0x1000], GuestAddress(0)).unwrap();
+    let mq = MockSplitQueue::new(&**mem, 16);
+    let raw: Vec<RawDescriptor> = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, write))| {
+            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if i + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            RawDescriptor::from(Descriptor::new(addr, len, flags, i as u16 + 1))
+        })
+        .collect();
+    mq.add_desc_chains(&raw, 0).unwrap();
+    let mut q: virtio_queue::Queue = mq.create_queue().unwrap();
+    q.iter(Arc::clone(mem)).unwrap().next().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
