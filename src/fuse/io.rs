@@ -9,18 +9,19 @@
 //! * [`GuestPayload`]: a WRITE payload left in a guest's descriptor buffers (a
 //!   [`crate::fs::WriteSource`]); on `/dev/fuse` the payload is a slice of the request buffer.
 //!
-//! Guest memory is only touched through `virtio_queue::Reader` / `Writer`, which copy to and from
-//! it with raw copies over `vm-memory`'s `VolatileSlice`s: no Rust reference to guest memory is
-//! ever made, so a guest changing its buffers while we copy gets garbage in its own file, never
+//! Guest memory is only touched through `vm-memory`'s `VolatileSlice`s (directly, or through
+//! `virtio_queue::Writer`, which copies into them): no Rust reference to guest memory is ever
+//! made, so a guest changing its buffers while we copy gets garbage in its own file, never
 //! undefined behaviour or a panic in the daemon.
 
 use super::abi::OutHeader;
 use crate::errno::Errno;
 use crate::fs::WriteSource;
 use log::{error, warn};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::fd::RawFd;
-use virtio_queue::{Reader, Writer};
+use virtio_queue::Writer;
+use vm_memory::VolatileSlice;
 
 /// The destination of the reply to one request.
 pub trait ReplySink {
@@ -218,26 +219,27 @@ impl ReplySink for GuestReply<'_> {
     }
 }
 
-/// A WRITE payload in a guest's device-readable buffers: exactly the payload's bytes.
+/// A WRITE payload in a guest's device-readable buffers: exactly the payload's bytes, as
+/// `vm-memory` slices of guest memory, copied out with volatile copies (no allocation, no Rust
+/// reference to guest memory).
 pub struct GuestPayload<'a> {
-    r: Reader<'a, ()>,
+    bufs: Vec<VolatileSlice<'a>>,
+    /// The next byte: buffer index and offset in it.
+    at: (usize, usize),
     len: usize,
     short: bool,
 }
 
 impl<'a> GuestPayload<'a> {
-    /// The next `len` bytes of `r`; None when the chain holds fewer.
-    pub fn new(mut r: Reader<'a, ()>, len: usize) -> Option<GuestPayload<'a>> {
-        if r.available_bytes() < len {
-            return None;
-        }
-        // Whatever follows (extensions) is not part of the payload.
-        r.split_at(len).ok()?;
-        Some(GuestPayload {
-            r,
+    /// The payload held by `bufs`, in order.
+    pub fn new(bufs: Vec<VolatileSlice<'a>>) -> GuestPayload<'a> {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        GuestPayload {
+            bufs,
+            at: (0, 0),
             len,
             short: false,
-        })
+        }
     }
 }
 
@@ -247,16 +249,23 @@ impl WriteSource for GuestPayload<'_> {
     }
 
     fn copy_to(&mut self, dst: &mut [u8]) {
-        // The reader holds `len` bytes of validated guest memory and never copies less than
-        // asked while it has them; a shortfall would be a bug in that promise.
         let mut got = 0;
         while got < dst.len() {
-            match self.r.read(&mut dst[got..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
+            let (i, off) = self.at;
+            let Some(b) = self.bufs.get(i) else { break };
+            let n = (b.len() - off).min(dst.len() - got);
+            match b.subslice(off, n) {
+                Ok(s) => got += s.copy_to(&mut dst[got..got + n]),
+                Err(_) => break,
             }
+            self.at = if off + n == b.len() {
+                (i + 1, 0)
+            } else {
+                (i, off + n)
+            };
         }
         if got < dst.len() {
+            // The buffers hold `len` bytes and the engine never asks for more: a bug if seen.
             error!(
                 "virtio WRITE payload ended {} bytes early; the write is answered EIO",
                 dst.len() - got

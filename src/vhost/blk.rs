@@ -8,7 +8,9 @@
 //! descriptors' guest memory, no bounce buffer). Every sector range is checked against the
 //! capacity before any I/O.
 
-use super::queue::{self, Chain, Core, MAX_QUEUE_SIZE, Mem, Vring, complete, config_window, drain};
+use super::queue::{
+    self, Chain, Core, MAX_QUEUE_SIZE, Mem, Vring, complete, config_window, drain, guest_buffers,
+};
 use crate::blockdev::BlockDevice;
 use crate::ondisk::le;
 use log::{debug, warn};
@@ -21,7 +23,7 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Reader, Writer};
-use vm_memory::{GuestMemory, GuestMemoryAtomic, Permissions, VolatileSlice};
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -332,50 +334,6 @@ impl BlkDevice {
         }
         Ok(())
     }
-}
-
-/// `len` bytes of the chain's device-writable (`writable`) or device-readable buffers, after the
-/// first `skip`, as guest-memory slices (the device copies to or from them without a bounce).
-fn guest_buffers<'m>(
-    mem: &'m Mem,
-    chain: &Chain,
-    writable: bool,
-    mut skip: usize,
-    len: usize,
-) -> Result<Vec<VolatileSlice<'m>>, String> {
-    let (descs, access) = if writable {
-        (chain.clone().writable(), Permissions::Write)
-    } else {
-        (chain.clone().readable(), Permissions::Read)
-    };
-    let mut out = Vec::new();
-    let mut left = len;
-    for d in descs {
-        if left == 0 {
-            break;
-        }
-        let slices = mem
-            .get_slices(d.addr(), d.len() as usize, access)
-            .map_err(|e| format!("outside guest memory ({e})"))?;
-        for s in slices {
-            let s = s.map_err(|e| format!("outside guest memory ({e})"))?;
-            if skip >= s.len() {
-                skip -= s.len();
-                continue;
-            }
-            let n = (s.len() - skip).min(left);
-            out.push(s.subslice(skip, n).map_err(|e| e.to_string())?);
-            skip = 0;
-            left -= n;
-            if left == 0 {
-                break;
-            }
-        }
-    }
-    if left > 0 {
-        return Err(format!("the chain is {left} bytes short"));
-    }
-    Ok(out)
 }
 
 /// `struct virtio_blk_config` up to `write_zeroes_may_unmap` (60 bytes, little endian).

@@ -323,15 +323,22 @@ pub fn serve_chain(
             return error_reply(chain, unique, Errno::EIO, queue);
         }
         let ext = usize::from(header.total_extlen) * 8;
-        let Some(mut payload) = (len - request::WRITE_HEAD_SIZE)
-            .checked_sub(ext)
-            .and_then(|n| GuestPayload::new(reader, n))
-        else {
+        let Some(payload_len) = (len - request::WRITE_HEAD_SIZE).checked_sub(ext) else {
             warn!(
                 "fs queue {queue}: chain {head} (unique {unique}): WRITE extensions longer than the message: EINVAL"
             );
             return error_reply(chain, unique, Errno::EINVAL, queue);
         };
+        let mut payload =
+            match queue::guest_buffers(mem, chain, false, request::WRITE_HEAD_SIZE, payload_len) {
+                Ok(bufs) => GuestPayload::new(bufs),
+                Err(e) => {
+                    warn!(
+                        "fs queue {queue}: chain {head} (unique {unique}): WRITE payload: {e}: EIO"
+                    );
+                    return error_reply(chain, unique, Errno::EIO, queue);
+                }
+            };
         let mut reply = GuestReply::new(w, queue, head);
         dispatcher.dispatch_to(&msg, Some(&mut payload), &mut reply);
         return reply.written();

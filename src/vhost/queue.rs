@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, Permissions, VolatileSlice,
+};
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
@@ -268,6 +270,50 @@ pub fn layout(chain: &Chain) -> Layout {
         }
     }
     l
+}
+
+/// `len` bytes of the chain's device-writable (`writable`) or device-readable buffers, after the
+/// first `skip`, as guest-memory slices (copied to or from with volatile copies or by the kernel, never viewed as Rust slices).
+pub fn guest_buffers<'m>(
+    mem: &'m Mem,
+    chain: &Chain,
+    writable: bool,
+    mut skip: usize,
+    len: usize,
+) -> Result<Vec<VolatileSlice<'m>>, String> {
+    let (descs, access) = if writable {
+        (chain.clone().writable(), Permissions::Write)
+    } else {
+        (chain.clone().readable(), Permissions::Read)
+    };
+    let mut out = Vec::new();
+    let mut left = len;
+    for d in descs {
+        if left == 0 {
+            break;
+        }
+        let slices = mem
+            .get_slices(d.addr(), d.len() as usize, access)
+            .map_err(|e| format!("outside guest memory ({e})"))?;
+        for s in slices {
+            let s = s.map_err(|e| format!("outside guest memory ({e})"))?;
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            let n = (s.len() - skip).min(left);
+            out.push(s.subslice(skip, n).map_err(|e| e.to_string())?);
+            skip = 0;
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    if left > 0 {
+        return Err(format!("the chain is {left} bytes short"));
+    }
+    Ok(out)
 }
 
 /// `size` bytes of a config space image starting at `offset`, zero past its end (frontends may
