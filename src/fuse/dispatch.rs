@@ -1,8 +1,9 @@
-//! The dispatcher: one complete request message in, one complete reply message out. It negotiates
-//! INIT, maps FUSE node ids onto ext4 inode numbers (FUSE root 1 ↔ ext4 inode 2, every other node
-//! id is the inode number), and answers every opcode through `crate::fs::Fs`. It knows nothing of
-//! the transport: `/dev/fuse` and the vhost-user-fs queues both call [`Dispatcher::dispatch`] from
-//! many threads at once.
+//! The dispatcher: one request in, its reply out through a [`ReplySink`]. It negotiates INIT,
+//! maps FUSE node ids onto ext4 inode numbers (FUSE root 1 ↔ ext4 inode 2, every other node id is
+//! the inode number), and answers every opcode through `crate::fs::Fs`. It knows nothing of the
+//! transport: `/dev/fuse` and the vhost-user-fs queues both call [`Dispatcher::dispatch_to`] from
+//! many threads at once, each with its own sink (and, for a virtio WRITE, a payload reader over
+//! the guest's buffers), so READ and WRITE data is copied once (see `fuse/io.rs`).
 
 use super::abi::{self, init_flags, opcode};
 use super::io::ReplySink;
