@@ -36,9 +36,13 @@ trap cleanup EXIT
 mkdir -p "$MNT" "$WORK/tree"
 
 virtio() {
-    VHOST_EXT4_BENCH_BIN=$1 VHOST_EXT4_BENCH_MB=$MB timeout 900 \
+    if ! VHOST_EXT4_BENCH_BIN=$1 VHOST_EXT4_BENCH_MB=$MB timeout 900 \
         cargo test --release --quiet --test vhost_frontend bench_virtio_data_path -- \
-        --ignored --nocapture 2>&1 | grep '^bench-virtio' || fail "the virtio benchmark failed with $1"
+        --ignored --nocapture >"$WORK/virtio.log" 2>&1; then
+        tail -30 "$WORK/virtio.log" >&2
+        fail "the virtio benchmark failed with $1"
+    fi
+    grep '^bench-virtio' "$WORK/virtio.log"
 }
 
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }

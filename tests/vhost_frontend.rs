@@ -1100,6 +1100,24 @@ fn fs_and_blk_never_serve_one_image_at_once() {
 /// request parsing, copies between guest memory and the page cache or the image). The binary
 /// is `VHOST_EXT4_BENCH_BIN` (default: the one built here), so an older build can be timed the
 /// same way. Sizes: `VHOST_EXT4_BENCH_MB` MiB (default 256), 1 MiB per request.
+/// Lay out `descs` as a chain in descriptors reserved for request slot `k` of queue `q` and
+/// publish it; the head. (A slot is reused only after its chain completed, so a request that
+/// stays in flight long, behind many others, never has its descriptors overwritten.)
+fn slot_chain(vmm: &mut Vmm, q: usize, k: usize, descs: &[Desc]) -> u16 {
+    let base = (QUEUE_SIZE as usize / 2 + 4 * k) as u16;
+    assert!(descs.len() <= 4 && usize::from(base) + 4 <= QUEUE_SIZE as usize);
+    for (i, d) in descs.iter().enumerate() {
+        let mut flags = if d.write { VRING_DESC_F_WRITE } else { 0 };
+        if i + 1 < descs.len() {
+            flags |= VRING_DESC_F_NEXT;
+        }
+        let i = i as u16;
+        vmm.queues[q].write_desc(&vmm.mem, base + i, d.addr, d.len, flags, base + i + 1);
+    }
+    vmm.queues[q].publish(&vmm.mem, base);
+    base
+}
+
 /// CPU seconds (user + system, all threads) process `pid` has used so far.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -1183,8 +1201,7 @@ fn bench_virtio_data_path() {
         let t = Instant::now();
         for k in 0..DEPTH.min(mb) {
             let descs = build(s, k, next);
-            let head = s.vmm.queues[q].build_chain(&s.vmm.mem, &descs);
-            s.vmm.queues[q].publish(&s.vmm.mem, head);
+            let head = slot_chain(&mut s.vmm, q, k, &descs);
             slot_of.insert(head, k);
             next += 1;
         }
@@ -1198,8 +1215,7 @@ fn bench_virtio_data_path() {
             done += 1;
             if next < mb {
                 let descs = build(s, k, next);
-                let head = s.vmm.queues[q].build_chain(&s.vmm.mem, &descs);
-                s.vmm.queues[q].publish(&s.vmm.mem, head);
+                let head = slot_chain(&mut s.vmm, q, k, &descs);
                 slot_of.insert(head, k);
                 next += 1;
                 s.vmm.kick(q);
@@ -1336,9 +1352,7 @@ fn bench_virtio_data_path() {
                     },
                 ]
             };
-            let head = vmm.queues[0].build_chain(&vmm.mem, &descs);
-            vmm.queues[0].publish(&vmm.mem, head);
-            head
+            slot_chain(vmm, 0, k, &descs)
         };
         let mut slot_of = std::collections::HashMap::new();
         let (mut next, mut done) = (0, 0);
