@@ -172,6 +172,15 @@ impl FileDevice {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
+                if e.raw_os_error() == Some(libc::EINVAL) && off == offset {
+                    // Buffers the file cannot take as they are (direct I/O wants aligned
+                    // memory): go through a bounce buffer and `read_at`/`write_at` instead.
+                    return if write {
+                        super::bounce_write_from_guest(self, bufs, offset)
+                    } else {
+                        super::bounce_read_to_guest(self, bufs, offset)
+                    };
+                }
                 return Err(e);
             }
             if n == 0 {
