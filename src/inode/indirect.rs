@@ -108,13 +108,16 @@ impl Volume {
 
     /// Allocate one data block at `lblk` of an indirect-mapped inode (a hole), with any missing
     /// indirect blocks above it. `goal` 0 picks one near the previous pointer, like ext3.
-    /// Returns (data block, blocks the inode gained, including new indirect blocks).
+    /// Returns (data block, blocks the inode gained, including new indirect blocks). For
+    /// `BlockUse::Data` the indirect blocks come from the data rules too (they are allocated in
+    /// one run with the data block).
     pub(crate) fn ind_map_new(
         &self,
         ino: Ino,
         inode: &mut Inode,
         lblk: u64,
         goal: u64,
+        usage: crate::inode::blocks::BlockUse,
     ) -> Result<(u64, i64)> {
         let Some(path) = ind_path(self.ind_apb(), lblk) else {
             log::warn!("inode {ino}: logical block {lblk} is beyond what an indirect map reaches");
@@ -153,7 +156,7 @@ impl Volume {
         let mut got: Vec<u64> = Vec::with_capacity(need);
         while got.len() < need {
             let g = got.last().map_or(goal, |b| b + 1);
-            let r = self.alloc.alloc_blocks(self, g, (need - got.len()) as u32);
+            let r = self.alloc_for(usage, g, (need - got.len()) as u32);
             match r {
                 Ok((b, n)) if b + n as u64 <= u32::MAX as u64 + 1 => {
                     got.extend(b..b + n as u64);

@@ -383,6 +383,8 @@ impl Fs {
 }
 
 #[cfg(test)]
+mod busy_tests;
+#[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
 mod tests;
