@@ -28,11 +28,12 @@ mod write;
 mod writeback;
 
 pub use dax::{DaxRevoker, Revoked};
+pub use read::ReadSink;
 pub use space::{
     FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,
 };
-pub use write::KILL_SUIDGID;
+pub use write::{KILL_SUIDGID, WriteSource};
 
 use super::Fs;
 use super::types::Ino;
