@@ -17,6 +17,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use vm_memory::VolatileSlice;
 
 /// How the image file is accessed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -455,6 +456,120 @@ impl BlockDevice for FileDevice {
 
     fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// One `preadv` per batch of buffers, straight into guest memory.
+    fn read_to_guest(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
+        self.guest_io(bufs, offset, false)
+    }
+
+    /// One `pwritev` per batch of buffers, straight from guest memory.
+    fn write_from_guest(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        self.guest_io(bufs, offset, true)
+    }
+}
+
+impl FileDevice {
+    /// `preadv` (or `pwritev` when `write`) of all of `bufs` at `offset`, resuming after short
+    /// transfers.
+    fn guest_io(&self, bufs: &[VolatileSlice<'_>], offset: u64, write: bool) -> io::Result<()> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if offset
+            .checked_add(total as u64)
+            .is_none_or(|e| e > self.size)
+        {
+            return Err(out_of_range(offset, total, self.size));
+        }
+        // The guards keep the guest pointers valid while the kernel uses them.
+        let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard_mut()).collect();
+        let mut iov: Vec<libc::iovec> = guards
+            .iter()
+            .filter(|g| g.len() > 0)
+            .map(|g| libc::iovec {
+                iov_base: g.as_ptr().cast(),
+                iov_len: g.len(),
+            })
+            .collect();
+        // The direct descriptor when the request and every buffer are aligned for it (guest
+        // buffers usually are: whole pages), else the buffered one (the kernel keeps the two
+        // coherent).
+        let fd = match self.direct_for(offset, total as u64) {
+            Some(d)
+                if iov.iter().all(|v| {
+                    (v.iov_base as usize).is_multiple_of(d.mem_align.max(1))
+                        && (v.iov_len as u64).is_multiple_of(d.off_align.max(1))
+                }) =>
+            {
+                d.file.as_raw_fd()
+            }
+            _ => self.file.as_raw_fd(),
+        };
+        let mut first = 0;
+        let mut off = offset;
+        while first < iov.len() {
+            let batch = &iov[first..iov.len().min(first + IOV_MAX)];
+            // SAFETY: every iovec points into guest memory that `guards` keeps mapped, over the
+            // length of its slice; the kernel reads or writes that memory itself and no Rust
+            // reference to it exists, so a guest changing it meanwhile only changes the data.
+            let n = unsafe {
+                if write {
+                    libc::pwritev(
+                        fd,
+                        batch.as_ptr(),
+                        batch.len() as libc::c_int,
+                        off as libc::off_t,
+                    )
+                } else {
+                    libc::preadv(
+                        fd,
+                        batch.as_ptr(),
+                        batch.len() as libc::c_int,
+                        off as libc::off_t,
+                    )
+                }
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if e.raw_os_error() == Some(libc::EINVAL) && off == offset {
+                    // Buffers the file cannot take as they are (direct I/O wants aligned
+                    // memory): go through a bounce buffer and `read_at`/`write_at` instead.
+                    return if write {
+                        super::bounce_write_from_guest(self, bufs, offset)
+                    } else {
+                        super::bounce_read_to_guest(self, bufs, offset)
+                    };
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the image ended at byte {off}"),
+                ));
+            }
+            off += n as u64;
+            // Skip what was transferred; a partly done iovec starts later.
+            let mut left = n as usize;
+            while left > 0 {
+                let v = &mut iov[first];
+                if left >= v.iov_len {
+                    left -= v.iov_len;
+                    first += 1;
+                } else {
+                    // SAFETY: advancing inside the same buffer, by less than its length.
+                    v.iov_base = unsafe { v.iov_base.cast::<u8>().add(left).cast() };
+                    v.iov_len -= left;
+                    left = 0;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

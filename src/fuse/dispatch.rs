@@ -1,14 +1,18 @@
-//! The dispatcher: one complete request message in, one complete reply message out. It negotiates
-//! INIT, maps FUSE node ids onto ext4 inode numbers (FUSE root 1 ↔ ext4 inode 2, every other node
-//! id is the inode number), and answers every opcode through `crate::fs::Fs`. It knows nothing of
-//! the transport: `/dev/fuse` and the vhost-user-fs queues both call [`Dispatcher::dispatch`] from
-//! many threads at once.
+//! The dispatcher: one request in, its reply out through a [`ReplySink`]. It negotiates INIT,
+//! maps FUSE node ids onto ext4 inode numbers (FUSE root 1 ↔ ext4 inode 2, every other node id is
+//! the inode number), and answers every opcode through `crate::fs::Fs`. It knows nothing of the
+//! transport: `/dev/fuse` and the vhost-user-fs queues both call [`Dispatcher::dispatch_to`] from
+//! many threads at once, each with its own sink (and, for a virtio WRITE, a payload reader over
+//! the guest's buffers), so READ and WRITE data is copied once (see `fuse/io.rs`).
 
 use super::abi::{self, init_flags, opcode};
+use super::io::ReplySink;
 use super::reply;
 use super::request::{self, Op, ParseConfig};
 use crate::errno::Errno;
-use crate::fs::{Attr, Ctx, DirEntry, Fs, Ino, ROOT_INO, SetAttr, TimeSet, Timespec};
+use crate::fs::{
+    Attr, Ctx, DirEntry, Fs, Ino, ROOT_INO, ReadSink, SetAttr, TimeSet, Timespec, WriteSource,
+};
 use log::{debug, error, info, trace, warn};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -224,21 +228,35 @@ impl Dispatcher {
     /// Handle one complete request message; return the complete reply message (out header
     /// included, its len field set), or None when the opcode takes no reply (FORGET,
     /// BATCH_FORGET, INTERRUPT, NOTIFY_REPLY) or the message is too short to answer at all.
+    /// (An adapter over [`Dispatcher::dispatch_to`] for tests and simple transports.)
     pub fn dispatch(&self, request: &[u8]) -> Option<Vec<u8>> {
-        let header = match request::parse_header(request) {
+        let mut out = Vec::new();
+        self.dispatch_to(request, None, &mut out);
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// Handle one request and send its reply, if it takes one, to `sink`. `msg` is the whole
+    /// message, except for a WRITE whose payload the transport leaves in place: then `msg` is
+    /// its head (in header and `fuse_write_in`, see [`request::WRITE_HEAD_SIZE`]) and `payload`
+    /// holds the data, which is copied from there straight into the page cache. A READ's data
+    /// goes from the page cache straight into `sink`.
+    pub fn dispatch_to(
+        &self,
+        msg: &[u8],
+        payload: Option<&mut dyn WriteSource>,
+        sink: &mut dyn ReplySink,
+    ) {
+        let header = match request::parse_header(msg) {
             Ok(h) => h,
             Err(e) => {
-                warn!(
-                    "fuse: dropping a {}-byte message: {}",
-                    request.len(),
-                    e.reason
-                );
-                return None;
+                warn!("fuse: dropping a {}-byte message: {}", msg.len(), e.reason);
+                return;
             }
         };
         let unique = header.unique;
         let no_reply = request::is_no_reply(header.opcode);
-        let result = self.handle(&header, request);
+        let mut out = Replier { sink, sent: false };
+        let result = self.handle(&header, msg, payload, &mut out);
         if let Err(e) = &result {
             // Corrupt metadata counts against the file system (its s_errors policy applies).
             self.fs.note_error(*e);
@@ -250,23 +268,32 @@ impl Dispatcher {
                     abi::opcode_name(header.opcode)
                 );
             }
-            return None;
+            return;
         }
         match result {
-            Ok(Some(r)) => Some(r),
-            Ok(None) => None,
+            Ok(Some(r)) => out.sink.send(&r),
+            Ok(None) => {}
             Err(e) => {
                 trace!(
                     "fuse: {} (unique {unique}, node {}) -> {e:?}",
                     abi::opcode_name(header.opcode),
                     header.nodeid
                 );
-                Some(reply::error(unique, e))
+                if !out.sent {
+                    out.sink.send(&reply::error(unique, e));
+                }
             }
         }
     }
 
-    fn handle(&self, h: &abi::InHeader, msg: &[u8]) -> Handled {
+    /// Ok(None) also when the reply was sent already (a READ's data reply).
+    fn handle(
+        &self,
+        h: &abi::InHeader,
+        msg: &[u8],
+        payload: Option<&mut dyn WriteSource>,
+        out: &mut Replier<'_>,
+    ) -> Handled {
         if h.opcode != opcode::INIT && !self.initialized.load(Ordering::Acquire) {
             debug!("fuse: {} before INIT: EIO", abi::opcode_name(h.opcode));
             return Err(Errno::EIO);
@@ -274,7 +301,11 @@ impl Dispatcher {
         let cfg = ParseConfig {
             setxattr_ext: self.flags.load(Ordering::Acquire) & init_flags::SETXATTR_EXT != 0,
         };
-        let req = request::parse(msg, &cfg).map_err(|e| {
+        let parsed = match &payload {
+            Some(p) => request::parse_write_head(msg, p.len()),
+            None => request::parse(msg, &cfg),
+        };
+        let req = parsed.map_err(|e| {
             warn!(
                 "fuse: malformed {} request (unique {}): {}",
                 abi::opcode_name(h.opcode),
@@ -350,13 +381,10 @@ impl Dispatcher {
             }
             Op::Read(r) => {
                 let size = (r.size as usize).min(self.max_read());
-                // The data goes from the page cache straight into the reply.
-                let mut res = Ok(());
-                let reply = reply::build(unique, size, |v| {
-                    res = fs.read_into(ino, r.fh, r.offset, size as u32, v);
-                });
-                res?;
-                Ok(Some(reply))
+                // The data goes from the page cache straight into the reply's destination.
+                let mut data = DataReply { out, unique };
+                fs.read_to(ino, r.fh, r.offset, size as u32, &mut data)?;
+                Ok(None)
             }
             Op::Statfs => {
                 let s = reply::kstatfs(&fs.statfs()?);
@@ -436,7 +464,7 @@ impl Dispatcher {
             | Op::CopyFileRange(_)
             | Op::CopyFileRange64(_)
             | Op::Tmpfile { .. } => {
-                let r = self.mutation(h, &req.op)?;
+                let r = self.mutation(h, &req.op, payload)?;
                 if self.opts.sync_changes {
                     match &req.op {
                         // Data changes reach the disk too (O_SYNC semantics).
@@ -483,7 +511,12 @@ impl Dispatcher {
     // Every opcode that changes the file system comes through here. They are answered EROFS on a
     // read-only file system; wiring them to the engine's mutations is the next issue, and each
     // arm below is where that goes.
-    fn mutation(&self, h: &abi::InHeader, op: &Op<'_>) -> Handled {
+    fn mutation(
+        &self,
+        h: &abi::InHeader,
+        op: &Op<'_>,
+        payload: Option<&mut dyn WriteSource>,
+    ) -> Handled {
         if self.fs.is_read_only() {
             return Err(Errno::EROFS);
         }
@@ -573,7 +606,16 @@ impl Dispatcher {
                 } else {
                     0
                 };
-                let n = fs.write(ino, arg.offset, data, kill)?;
+                let n = match payload {
+                    Some(src) => {
+                        let n = fs.write_from(ino, arg.offset, src, kill)?;
+                        if src.failed() {
+                            return Err(Errno::EIO);
+                        }
+                        n
+                    }
+                    None => fs.write(ino, arg.offset, data, kill)?,
+                };
                 let out = abi::WriteOut {
                     size: n,
                     padding: 0,
@@ -857,6 +899,32 @@ impl Dispatcher {
             debug_assert!(ok, "sized before packing");
         }
         Ok(reply::bytes(unique, &buf.into_bytes()))
+    }
+}
+
+/// The reply side of one request: whether something was sent already.
+struct Replier<'a> {
+    sink: &'a mut dyn ReplySink,
+    sent: bool,
+}
+
+/// A READ's data reply: the engine hands the data over once, as slices of the page cache.
+struct DataReply<'r, 'a> {
+    out: &'r mut Replier<'a>,
+    unique: u64,
+}
+
+impl ReadSink for DataReply<'_, '_> {
+    fn put(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
+        if self.out.sink.send_data(self.unique, parts) {
+            self.out.sent = true;
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "the reply does not fit the reply buffer",
+            ))
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod abi;
 pub mod dax;
 pub mod devfuse;
 pub mod dispatch;
+pub mod io;
 pub mod options;
 pub mod permission;
 pub mod reply;

@@ -83,8 +83,9 @@ pub(crate) enum BlockUse {
     /// by the running transaction may be reused at once; may use the metadata reserve.
     Meta,
     /// File data written straight to the device: never a block freed by an uncommitted
-    /// transaction, never the metadata reserve.
-    Data,
+    /// transaction, never the metadata pool; `reserved` blocks of it were reserved by delayed
+    /// allocation (the caller released them just before).
+    Data { reserved: u32 },
 }
 
 impl Volume {
@@ -92,7 +93,10 @@ impl Volume {
     pub(crate) fn alloc_for(&self, usage: BlockUse, goal: u64, want: u32) -> Result<(u64, u32)> {
         match usage {
             BlockUse::Meta => self.alloc.alloc_blocks(self, goal, want),
-            BlockUse::Data => self.alloc.alloc_data_blocks(self, goal, want, 0),
+            BlockUse::Data { reserved } => {
+                self.alloc
+                    .alloc_data_blocks(self, goal, want, reserved.min(want))
+            }
         }
     }
 
@@ -170,15 +174,17 @@ impl Volume {
     /// [`map_new_block`](Self::map_new_block) for a block that gets file data written straight
     /// to the device (an inline-data conversion, ext3-style writeback): it never reuses a block
     /// freed by a transaction that has not committed yet (`alloc::busy`), and it comes from
-    /// unreserved space. ENOSPC may mean only such blocks are left: a commit frees them.
+    /// unreserved space (or the `reserved` delalloc blocks the caller just released). ENOSPC
+    /// may mean only such blocks are left: a commit frees them.
     pub(crate) fn map_new_data_block(
         &self,
         ino: Ino,
         inode: &mut Inode,
         lblk: u32,
         goal: u64,
+        reserved: u32,
     ) -> Result<u64> {
-        let r = self.map_new_block_inner(ino, inode, lblk, goal, BlockUse::Data);
+        let r = self.map_new_block_inner(ino, inode, lblk, goal, BlockUse::Data { reserved });
         self.es.forget_mapped(ino);
         r
     }

@@ -32,11 +32,12 @@ mod writeback;
 pub(in crate::fs) use writeback::Hold;
 
 pub use dax::{DaxRevoker, Revoked};
+pub use read::ReadSink;
 pub use space::{
     FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,
 };
-pub use write::KILL_SUIDGID;
+pub use write::{KILL_SUIDGID, WriteSource};
 
 use super::Fs;
 use super::types::Ino;
@@ -409,8 +410,8 @@ impl Fs {
 }
 
 #[cfg(test)]
-mod busy_tests;
-#[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod data_alloc_tests;
 #[cfg(test)]
 mod tests;

@@ -491,13 +491,14 @@ impl Fs {
             let delayed = self.delayed_in(ino, b, 1);
             self.es.remove(ino, b, 1);
             self.alloc.release(delayed);
-            let pblk = match self.map_new_data_block(ino, &mut inode, b as u32, goal) {
-                Ok(p) => p,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            };
+            let pblk =
+                match self.map_new_data_block(ino, &mut inode, b as u32, goal, delayed as u32) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
             goal = pblk + 1;
             if let Err(e) = self.write_blocks(ino, d, b, 1, pblk) {
                 self.store_inode(ino, &inode)?;

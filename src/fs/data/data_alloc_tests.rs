@@ -1,7 +1,8 @@
-//! Data written straight to the device outside the unwritten-extent path — ext3-style
-//! writeback and an inline file's conversion to a block — never lands in a block freed by a
-//! transaction that has not committed yet: a crash would give that block back to its old
-//! owner with our data in it.
+//! Where file data may be allocated. Data written straight to the device outside the
+//! unwritten-extent path — ext3-style writeback and an inline file's conversion to a block —
+//! never lands in a block freed by a transaction that has not committed yet (a crash would give
+//! that block back to its old owner with our data in it), and data never takes the metadata
+//! pool that writeback of reserved data may need.
 
 use super::super::testutil::e2fsck_clean;
 use super::super::*;
@@ -131,6 +132,44 @@ fn inline_conversion_skips_blocks_freed_by_an_uncommitted_transaction() {
     let got = fs.read(c, 0, 0, 4096).unwrap();
     assert_eq!(got.len(), 2040);
     assert!(got[..40].iter().all(|&x| x == 0xCC) && got[40..].iter().all(|&x| x == 0xCD));
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+}
+
+/// Filling the file system with data near full (where writes allocate at once) stops at the
+/// metadata pool: what is left is for the extent-tree blocks that writeback of reserved data
+/// may still need.
+#[test]
+fn data_never_takes_the_metadata_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("full.img");
+    mkfs(&img, &["-t", "ext4", "-b", "1024"], "8M");
+    let fs = mount_rw(&img);
+    let pool = fs.alloc.metadata_pool();
+    let mut full = false;
+    for k in 0..1000u32 {
+        let name = format!("f{k}");
+        let ino = fs
+            .mknod(ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0, &ctx())
+            .unwrap()
+            .ino;
+        match fs.write(ino, 0, &vec![k as u8; 64 * 1024], 0) {
+            Ok(n) if n as usize == 64 * 1024 => {}
+            Ok(_) | Err(Errno::ENOSPC) => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert!(full, "the file system never filled up");
+    fs.syncfs().unwrap();
+    let (free, _) = fs.alloc.free_counts();
+    assert!(
+        free + 16 >= pool,
+        "data took the metadata pool: {free} blocks free, pool {pool}"
+    );
     fs.shutdown().unwrap();
     drop(fs);
     e2fsck_clean(&img);
