@@ -39,6 +39,12 @@ impl Allocator {
         }
     }
 
+    /// Take back `n` reserved blocks [`Allocator::release`]d for an allocation that was then
+    /// undone (its blocks are free again and still delayed).
+    pub fn restore(&self, n: u64) {
+        self.reserved.fetch_add(n, Ordering::AcqRel);
+    }
+
     /// Blocks reserved for delayed allocation.
     pub fn reserved(&self) -> u64 {
         self.reserved.load(Ordering::Acquire)

@@ -441,6 +441,11 @@ impl Fs {
         let (pblk, got) =
             self.alloc
                 .alloc_data_blocks(&self.vol, goal, want as u32, reserved as u32)?;
+        // The reservation of the delayed blocks just allocated is spent: give it back before
+        // the extent tree grows, or the tree's new block would find these blocks counted twice
+        // (taken and still reserved) and meet ENOSPC for data that was reserved.
+        let delayed = self.delayed_in(ino, lblk, got as u64);
+        self.alloc.release(delayed);
         let io = NodeIo::new(self, ino, &inode);
         let mut root = inode.block;
         let r = ExtentTree::new(&mut root, &io, self.block_size, ino).insert(Extent {
@@ -451,15 +456,15 @@ impl Fs {
         });
         self.es.forget_mapped(ino);
         if let Err(e) = r {
+            // The blocks stay delayed: their reservation comes back with them.
+            self.alloc.restore(delayed);
             self.alloc.free_blocks(&self.vol, pblk, got)?;
             return Err(e);
         }
         inode.block = root;
         self.adjust_blocks(&mut inode, got as i64 + io.delta.get());
         self.store_inode(ino, &inode)?;
-        let delayed = self.delayed_in(ino, lblk, got as u64);
         self.es.remove(ino, lblk, got as u64);
-        self.alloc.release(delayed);
         Ok((pblk, got as u64))
     }
 
