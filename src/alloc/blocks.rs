@@ -76,9 +76,10 @@ impl Allocator {
 
     /// Like [`Allocator::alloc_blocks`], for file data: blocks freed by a transaction that has
     /// not committed yet are skipped (see `busy`). ENOSPC may mean only busy blocks are left: a
-    /// commit frees them. `reserved` blocks of the request were reserved by delayed allocation
-    /// (the caller releases what it gets of them); the rest must come from unreserved space
-    /// outside the metadata pool.
+    /// commit frees them. `reserved` blocks of the request are covered by a delayed-allocation
+    /// reservation (the caller gives it back just before or right after): they may come from
+    /// anywhere, even the metadata pool, as a reservation promised; the rest must come from
+    /// unreserved space outside the pool.
     pub fn alloc_data_blocks(
         &self,
         io: &dyn MetaIo,

@@ -83,8 +83,8 @@ pub(crate) enum BlockUse {
     /// by the running transaction may be reused at once; may use the metadata reserve.
     Meta,
     /// File data written straight to the device: never a block freed by an uncommitted
-    /// transaction, never the metadata pool; `reserved` blocks of it were reserved by delayed
-    /// allocation (the caller released them just before).
+    /// transaction, never the metadata pool unless a delayed-allocation reservation covers it
+    /// (`reserved`, given back by the caller just before).
     Data { reserved: u32 },
 }
 
