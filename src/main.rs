@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use vhost_ext4::blockdev::FileDevice;
-use vhost_ext4::fs::{Fs, MountOptions};
+use vhost_ext4::fs::{AtimePolicy, Fs, MountOptions};
 use vhost_ext4::fuse::{self, DispatchOptions, Dispatcher, MountConfig, Transport};
 
 #[derive(Parser)]
@@ -221,6 +221,8 @@ fn run_mount(
     let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, data.cache_size)
         .map_err(|e| format!("cannot mount image {}: {}", image.display(), sentence(&e)))?;
     let fs = Arc::new(fs);
+    // noatime, relatime (the default) or strictatime, and nodiratime: reads move atime here.
+    fs.set_atime_policy(AtimePolicy::from_mount_flags(cfg.flags));
     let ro = fs.is_read_only();
     if !ro {
         Fs::start_commit_thread(&fs, std::time::Duration::from_secs(commit_interval.max(1)))

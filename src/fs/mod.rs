@@ -5,6 +5,7 @@
 //! (logical → physical block mapping), `file` (data reads, SEEK_DATA/HOLE), `dir` (lookup, listing),
 //! `xattr`, `ops` (the public operations).
 
+mod atime;
 mod blocks;
 mod bmap;
 mod commit;
@@ -24,6 +25,7 @@ mod orphan;
 mod types;
 mod xattr;
 
+pub use atime::{AtimeMode, AtimePolicy};
 pub use data::{
     FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE, KILL_SUIDGID,
@@ -84,6 +86,8 @@ pub struct Fs {
     commit_kick: Arc<commit::CommitKick>,
     /// File data: the page cache, the in-core inode table, delalloc (see `data`).
     data: data::DataState,
+    /// How reads move atime ([`AtimePolicy`], encoded; see `atime`).
+    atime: std::sync::atomic::AtomicU8,
 }
 
 impl Fs {

@@ -113,6 +113,7 @@ impl Fs {
             commit_kick: Default::default(),
             data: super::data::DataState::new(cache_bytes)
                 .map_err(|e| format!("cannot set up the page cache: {e}"))?,
+            atime: Default::default(),
             sb,
         };
         let root = fs

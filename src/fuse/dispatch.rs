@@ -5,6 +5,7 @@
 //! many threads at once.
 
 use super::abi::{self, init_flags, opcode};
+use super::caller::{self, Caller};
 use super::reply;
 use super::request::{self, Op, ParseConfig};
 use crate::errno::Errno;
@@ -328,7 +329,7 @@ impl Dispatcher {
                     return Err(Errno::EROFS);
                 }
                 let fh = fs.open(ino, o.flags)?;
-                Ok(Some(open_reply(unique, fh, FILE_OPEN_FLAGS)))
+                Ok(Some(open_reply(unique, fh, self.file_open_flags(ino))))
             }
             Op::Read(r) => {
                 let size = (r.size as usize).min(self.max_read());
@@ -474,7 +475,17 @@ impl Dispatcher {
         };
         match op {
             Op::Setattr(s) => {
-                let a = fs.setattr(ino, &setattr_of(s)?)?;
+                trace!(
+                    "fuse: SETATTR node {} valid {:#x} mode {:o} by uid {} gid {} pid {}",
+                    h.nodeid, s.valid, s.mode, h.uid, h.gid, h.pid
+                );
+                let mut sa = setattr_of(s)?;
+                if sa.mode.is_some_and(|m| m & libc::S_ISGID != 0) {
+                    // Setgid stays only for a caller that may keep it (see `caller`).
+                    let cur = fs.getattr(ino)?;
+                    sa.mode = caller::setattr_mode(&cur, &sa, &self.caller(h));
+                }
+                let a = fs.setattr(ino, &sa)?;
                 let out = reply::attr_out(&a, self.opts.attr_timeout);
                 Ok(Some(reply::build(unique, abi::AttrOut::SIZE, |v| {
                     out.encode(v)
@@ -700,7 +711,7 @@ impl Dispatcher {
         );
         let o = abi::OpenOut {
             fh,
-            open_flags: FILE_OPEN_FLAGS,
+            open_flags: self.file_open_flags(a.ino),
             backing_id: 0,
         };
         Ok(reply::build(
@@ -711,6 +722,24 @@ impl Dispatcher {
                 o.encode(v);
             },
         ))
+    }
+
+    /// The credentials of a request's caller: on a host mount its pid is a process here.
+    fn caller(&self, h: &abi::InHeader) -> Caller {
+        match self.opts.transport {
+            Transport::DevFuse => Caller::from_host_process(h.uid, h.gid, h.pid),
+            Transport::Virtio => Caller::from_header(h.uid, h.gid),
+        }
+    }
+
+    /// The `open_flags` for an open of regular file `ino`: [`FILE_OPEN_FLAGS`], without
+    /// KEEP_CACHE when a read now would move the file's atime — the kernel then drops its cached
+    /// pages of the file, so the reads come to us and we can move it (atime is ours to keep).
+    fn file_open_flags(&self, ino: Ino) -> u32 {
+        match self.fs.atime_due(ino) {
+            Ok(true) => FILE_OPEN_FLAGS & !abi::fopen::KEEP_CACHE,
+            _ => FILE_OPEN_FLAGS,
+        }
     }
 
     fn destroy(&self, unique: u64) -> Handled {

@@ -2,6 +2,7 @@
 //! `/dev/fuse` transport. The dispatcher knows nothing of the transport.
 
 pub mod abi;
+pub mod caller;
 pub mod devfuse;
 pub mod dispatch;
 pub mod options;

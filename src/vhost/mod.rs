@@ -202,6 +202,9 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
     let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, args.cache_size)
         .map_err(|e| format!("cannot mount image {}: {e}", image.display()))?;
     let fs = Arc::new(fs);
+    // The guest's mount options do not reach us: reads move atime as under relatime, the
+    // Linux default.
+    fs.set_atime_policy(crate::fs::AtimePolicy::from_mount_flags(0));
     if !fs.is_read_only() {
         Fs::start_commit_thread(&fs, std::time::Duration::from_secs(5))
             .map_err(|e| format!("cannot start the commit thread: {e}"))?;

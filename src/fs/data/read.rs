@@ -10,7 +10,7 @@ use crate::errno::{Errno, Result};
 use crate::fs::Fs;
 use crate::fs::bmap::Target;
 use crate::fs::types::Ino;
-use crate::ondisk::inode::flags;
+use crate::ondisk::inode::{Inode, flags};
 use crate::pagecache::{NoSlab, PAGE_SIZE, SLAB_PAGES};
 use std::sync::atomic::Ordering;
 
@@ -38,14 +38,22 @@ impl Fs {
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let start = out.len();
-        let r = self.read_cached(ino, offset, size, out);
-        if r.is_err() {
-            out.truncate(start);
+        match self.read_cached(ino, offset, size, out) {
+            Ok(inode) => {
+                if size != 0 {
+                    self.accessed(ino, &inode);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
         }
-        r
     }
 
-    fn read_cached(&self, ino: Ino, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
+    /// The read itself; returns the inode as it was read at the start (for the atime update).
+    fn read_cached(&self, ino: Ino, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<Inode> {
         let inode = {
             let _g = self.ns_read();
             self.read_inode(ino)?
@@ -59,13 +67,13 @@ impl Fs {
         {
             let _g = self.ns_read();
             out.extend_from_slice(&self.read_data(ino, &inode, offset, size)?);
-            return Ok(());
+            return Ok(inode);
         }
         let d = self.inode_data(ino)?;
         let _r = d.read_lock();
         let fsize = d.sizes().size;
         if offset >= fsize || size == 0 {
-            return Ok(());
+            return Ok(inode);
         }
         let end = fsize.min(offset + size as u64);
         if !self.cache_range(ino, &d, offset, end, fsize)? {
@@ -75,10 +83,10 @@ impl Fs {
             let p1 = end.div_ceil(PAGE_SIZE as u64);
             self.writeback_inode(ino, &d, p0, p1)?;
             let _g = self.ns_read();
-            let mut inode = self.read_inode(ino)?;
-            inode.size = fsize;
-            out.extend_from_slice(&self.read_data(ino, &inode, offset, size)?);
-            return Ok(());
+            let mut now = self.read_inode(ino)?;
+            now.size = fsize;
+            out.extend_from_slice(&self.read_data(ino, &now, offset, size)?);
+            return Ok(inode);
         }
         let base = out.len();
         out.resize(base + (end - offset) as usize, 0);
@@ -99,7 +107,7 @@ impl Fs {
         if self.data.pc.over_limit() > 0 {
             self.shrink_cache(None);
         }
-        Ok(())
+        Ok(inode)
     }
 
     /// Make the blocks of `[from, to)` uptodate in the cache, reading ahead past `to` (within
