@@ -241,7 +241,15 @@ fn run_mount(
     if ro {
         cfg.flags |= libc::MS_RDONLY;
     }
+    // As mountinfo names it (resolved before the mount: afterwards it is ours to answer).
+    let canonical = mountpoint.canonicalize().ok();
     let session = fuse::mount(mountpoint, &cfg).map_err(|e| sentence(&e.to_string()))?;
+    // `mount -o remount,...` changes the flags without telling us: follow them for atime.
+    if let Some(m) = canonical
+        && let Err(e) = fuse::mountwatch::watch(m, Arc::clone(&fs))
+    {
+        log::warn!("cannot follow the mount's flags after a remount: {e}");
+    }
     spawn_signal_thread(sigset, mountpoint.to_path_buf(), Arc::clone(&fs));
 
     let served = session.serve(dispatcher, threads.unwrap_or_else(default_threads));

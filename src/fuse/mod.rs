@@ -5,6 +5,7 @@ pub mod abi;
 pub mod caller;
 pub mod devfuse;
 pub mod dispatch;
+pub mod mountwatch;
 pub mod options;
 pub mod permission;
 pub mod reply;
