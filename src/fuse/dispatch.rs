@@ -99,10 +99,10 @@ pub const PAGE_SIZE: usize = 4096;
 
 /// INIT flags we accept when the kernel offers them. With POSIX_ACL the kernel checks and caches
 /// ACLs, and with DONT_MASK it leaves the umask to us (the engine applies it, or a directory's
-/// default ACL instead); SETXATTR_EXT carries SETXATTR_ACL_KILL_SGID. Without HANDLE_KILLPRIV(_V2) the
-/// kernel drops setuid/setgid itself before a write, truncate or fallocate, with a SETATTR of
-/// the mode (which `caller` completes); with it, nothing would tell us of a fallocate's.
-/// SECURITY_CTX, … are not needed.
+/// default ACL instead); SETXATTR_EXT carries SETXATTR_ACL_KILL_SGID. Without HANDLE_KILLPRIV
+/// (v1 or v2) the kernel drops setuid/setgid itself before a write, truncate or fallocate, with
+/// a SETATTR of the mode (which `caller` completes); with it, nothing would tell us of a
+/// fallocate's. SECURITY_CTX, … are not needed.
 const WANTED_INIT_FLAGS: u64 = init_flags::ASYNC_READ
     | init_flags::POSIX_ACL
     | init_flags::DONT_MASK
