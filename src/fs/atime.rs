@@ -4,9 +4,9 @@
 //! (READ) and listings (READDIR from the start) call [`Fs::accessed`].
 
 use super::Fs;
-use super::blocks::now;
 use super::types::Ino;
 use crate::errno::Result;
+use crate::inode::blocks::now;
 use crate::ondisk::inode::Inode;
 use std::sync::atomic::Ordering;
 

@@ -103,8 +103,10 @@ impl Fs {
     ) -> Result<(u64, Arc<[u8]>)> {
         let m = self.map_block(ino, inode, lblk)?;
         match m.target {
-            super::bmap::Target::Data { pblk, .. } => Ok((pblk, self.read_meta_block(pblk)?)),
-            super::bmap::Target::Hole => Err(crate::corrupt!(
+            crate::inode::bmap::Target::Data { pblk, .. } => {
+                Ok((pblk, self.read_meta_block(pblk)?))
+            }
+            crate::inode::bmap::Target::Hole => Err(crate::corrupt!(
                 "inode {ino}: directory has a hole at block {lblk}"
             )),
         }

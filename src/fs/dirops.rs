@@ -38,8 +38,8 @@ impl Fs {
 
     fn dir_pblk(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<u64> {
         match self.map_block(ino, inode, lblk)?.target {
-            super::bmap::Target::Data { pblk, .. } => Ok(pblk),
-            super::bmap::Target::Hole => Err(crate::corrupt!(
+            crate::inode::bmap::Target::Data { pblk, .. } => Ok(pblk),
+            crate::inode::bmap::Target::Hole => Err(crate::corrupt!(
                 "inode {ino}: directory has a hole at block {lblk}"
             )),
         }

@@ -2,9 +2,9 @@
 //! SEEK_DATA/SEEK_HOLE.
 
 use super::Fs;
-use super::bmap::Target;
 use super::types::{Ino, SEEK_DATA, SEEK_HOLE};
 use crate::errno::{Errno, Result};
+use crate::inode::bmap::Target;
 use crate::ondisk::inode::{I_BLOCK_LEN, Inode, flags};
 
 impl Fs {

@@ -9,9 +9,10 @@ use crate::ondisk::group::{GroupCsum, GroupDesc, desc_checksum, layout};
 use crate::ondisk::superblock::{
     SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock, compat, feature_names, incompat, ro_compat,
 };
+use crate::volume::Volume;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 /// Metadata blocks kept in memory.
 const CACHE_BLOCKS: usize = 16 * 1024;
@@ -90,31 +91,16 @@ impl Fs {
             .collect();
         let alloc = Allocator::new(Geometry::from_superblock(&sb), groups, locations, fixed);
         let mut fs = Fs {
-            csum_seed: sb.csum_seed(),
-            dev,
-            itables,
-            alloc,
-            block_size,
-            read_only,
-            aborted: std::sync::atomic::AtomicBool::new(false),
-            cache: BufferCache::new(CACHE_BLOCKS),
-            es: Default::default(),
+            vol: Volume::new(dev, sb, itables, alloc, read_only, CACHE_BLOCKS),
             lookups: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            ns: RwLock::new(()),
             orphans: Mutex::new(HashSet::new()),
             orphan_prev: Mutex::new(HashMap::new()),
             linkable: Mutex::new(HashSet::new()),
-            sb_live: Mutex::new(super::SbLive::new(&sb)),
-            journal: None,
-            commit_lock: Mutex::new(Vec::new()),
-            home_sb_clean: std::sync::atomic::AtomicBool::new(false),
-            commit_kick: Default::default(),
             data: super::data::DataState::new(cache_bytes)
                 .map_err(|e| format!("cannot set up the page cache: {e}"))?,
             atime: Default::default(),
-            sb,
         };
         let root = fs
             .read_inode(ROOT_INO)
@@ -222,14 +208,10 @@ impl Fs {
         self.cache = BufferCache::new(CACHE_BLOCKS);
         // Block maps read before the replay (the journal inode's) may have changed under it.
         self.es = Default::default();
-        *self.sb_live.lock().unwrap_or_else(|e| e.into_inner()) = super::SbLive::new(&sb);
+        *self.sb_live.lock().unwrap_or_else(|e| e.into_inner()) =
+            crate::volume::errors::SbLive::new(&sb);
         self.sb = sb;
         Ok(())
-    }
-
-    /// True when every mutating operation answers `EROFS`.
-    pub fn is_read_only(&self) -> bool {
-        self.read_only || self.aborted.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

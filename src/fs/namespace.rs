@@ -6,10 +6,10 @@
 //! entirely under the namespace write lock, so a concurrent reader never sees half of it.
 
 use super::Fs;
-use super::blocks::now;
 use super::types::*;
 use crate::errno::{Errno, Result};
 use crate::extent::ExtentTree;
+use crate::inode::blocks::now;
 use crate::ondisk::dirent;
 use crate::ondisk::inode::{self, I_BLOCK_LEN, Inode, flags};
 use crate::ondisk::superblock::{incompat, ro_compat};
@@ -75,7 +75,7 @@ impl Fs {
     fn new_inode(&self, parent: Ino, pdir: &Inode, mode: u32, ctx: &Ctx) -> Result<(Ino, Inode)> {
         let is_dir = mode & inode::S_IFMT == inode::S_IFDIR;
         let (mode, acls) = self.inherit_acl(parent, pdir, mode, ctx.umask)?;
-        let ino = self.alloc.alloc_inode(self, parent, is_dir)?;
+        let ino = self.alloc.alloc_inode(&self.vol, parent, is_dir)?;
         // The number may be reused: nothing cached about a former owner may survive.
         self.es.forget_inode(ino);
         let t = now();
@@ -744,7 +744,7 @@ impl Fs {
         if off == 0 {
             return Ok(());
         }
-        if let super::bmap::Target::Data {
+        if let crate::inode::bmap::Target::Data {
             pblk,
             unwritten: false,
         } = self.map_block(ino, i, size / bs)?.target
@@ -804,6 +804,6 @@ impl Fs {
         i.size = 0;
         i.links_count = 0;
         self.store_inode(ino, i)?;
-        self.alloc.free_inode(self, ino, is_dir)
+        self.alloc.free_inode(&self.vol, ino, is_dir)
     }
 }

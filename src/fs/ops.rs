@@ -235,7 +235,7 @@ impl Fs {
         // A slow symlink's block is metadata: read it through the buffer cache, which holds it
         // from creation until its transaction is written home.
         match self.map_block(ino, &inode, 0)?.target {
-            super::bmap::Target::Data {
+            crate::inode::bmap::Target::Data {
                 pblk,
                 unwritten: false,
             } => Ok(self.read_meta_block(pblk)?[..size as usize].to_vec()),

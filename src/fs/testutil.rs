@@ -2,11 +2,11 @@
 
 use super::*;
 use crate::blockdev::FileDevice;
-pub(super) use crate::test_support::e2fsck_clean;
+pub(crate) use crate::test_support::e2fsck_clean;
 use std::path::Path;
 use std::process::Command;
 
-pub(super) fn mkfs(src: &Path, img: &Path, opts: &[&str], size: &str) {
+pub(crate) fn mkfs(src: &Path, img: &Path, opts: &[&str], size: &str) {
     // An optional leading "hash=ALG" picks the directory hash through a private mke2fs.conf.
     let (conf, opts) = match opts.first().and_then(|o| o.strip_prefix("hash=")) {
         Some(alg) => {
@@ -57,12 +57,12 @@ pub(super) fn mkfs(src: &Path, img: &Path, opts: &[&str], size: &str) {
     );
 }
 
-pub(super) fn mount(img: &Path) -> Fs {
+pub(crate) fn mount(img: &Path) -> Fs {
     let dev = FileDevice::open(img, true).unwrap();
     Fs::mount(Arc::new(dev), &MountOptions::default()).unwrap()
 }
 
-pub(super) fn walk(fs: &Fs, dir: Ino) -> Vec<(Vec<u8>, Ino)> {
+pub(crate) fn walk(fs: &Fs, dir: Ino) -> Vec<(Vec<u8>, Ino)> {
     let fh = fs.opendir(dir, 0).unwrap();
     let mut v = Vec::new();
     fs.readdir(dir, fh, 0, &mut |e| {
@@ -75,7 +75,7 @@ pub(super) fn walk(fs: &Fs, dir: Ino) -> Vec<(Vec<u8>, Ino)> {
 }
 
 /// Mount writable (the image must be made without a journal).
-pub(super) fn mount_rw(img: &Path) -> Fs {
+pub(crate) fn mount_rw(img: &Path) -> Fs {
     let dev = FileDevice::open(img, false).unwrap();
     let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only: false }).unwrap();
     assert!(!fs.is_read_only(), "the image should mount writable");
@@ -83,7 +83,7 @@ pub(super) fn mount_rw(img: &Path) -> Fs {
 }
 
 /// A root caller.
-pub(super) fn ctx() -> Ctx {
+pub(crate) fn ctx() -> Ctx {
     Ctx {
         uid: 0,
         gid: 0,
@@ -95,7 +95,7 @@ pub(super) fn ctx() -> Ctx {
 /// Loop-mount `img` with the kernel at `img`.mnt with `opts` (e.g. "loop,ro"); returns the mountpoint.
 /// Mounts are serialized (test threads racing for the same free loop device make mount(8)
 /// fail now and then) and a failure is retried a few times before it counts.
-pub(super) fn kernel_mount(img: &Path, opts: &str) -> std::path::PathBuf {
+pub(crate) fn kernel_mount(img: &Path, opts: &str) -> std::path::PathBuf {
     static LOOP_SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let mnt = img.with_extension("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -124,7 +124,7 @@ pub(super) fn kernel_mount(img: &Path, opts: &str) -> std::path::PathBuf {
 
 /// Unmount, retrying for a while: a child another test thread is forking can hold a copy of
 /// a descriptor into the mount until its exec, which makes umount fail with EBUSY.
-pub(super) fn kernel_umount(mnt: &Path) {
+pub(crate) fn kernel_umount(mnt: &Path) {
     for _ in 0..50 {
         let out = Command::new("umount")
             .arg(mnt)
@@ -140,7 +140,7 @@ pub(super) fn kernel_umount(mnt: &Path) {
 
 /// Every path under `root` (a kernel mount), relative to it, with what `describe` says of it;
 /// directories are walked into. `describe` returns `None` to leave a path out.
-pub(super) fn walk_tree(
+pub(crate) fn walk_tree(
     root: &Path,
     mut describe: impl FnMut(&Path, &str, &std::fs::Metadata) -> Option<String>,
 ) -> std::collections::BTreeMap<String, String> {
@@ -163,7 +163,7 @@ pub(super) fn walk_tree(
 }
 
 /// "d", "l:<target>", or `file` for anything else: the usual kinds in a tree comparison.
-pub(super) fn kind_of(p: &Path, md: &std::fs::Metadata, file: impl FnOnce() -> String) -> String {
+pub(crate) fn kind_of(p: &Path, md: &std::fs::Metadata, file: impl FnOnce() -> String) -> String {
     if md.is_dir() {
         "d".to_string()
     } else if md.file_type().is_symlink() {

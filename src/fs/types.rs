@@ -1,7 +1,7 @@
 //! Plain types of the operation API: what `fs` hands to the FUSE layer.
 
 /// An ext4 inode number (FUSE node ids map onto these: FUSE root 1 is ext4 inode 2).
-pub type Ino = u64;
+pub use crate::volume::Ino;
 
 /// The root directory's ext4 inode number.
 pub const ROOT_INO: Ino = 2;

@@ -112,7 +112,7 @@ impl Fs {
         let refs = crate::ondisk::le::u32_at(&data, 4);
         if refs <= 1 {
             self.cache.revoke(blk);
-            self.alloc.free_blocks(self, blk, 1)?;
+            self.alloc.free_blocks(&self.vol, blk, 1)?;
         } else {
             crate::ondisk::le::put_u32(&mut data, 4, refs - 1);
             if self.sb.has_metadata_csum() {
@@ -255,7 +255,7 @@ impl Fs {
             }
         }
         self.store_xattrs(ino, &mut inode, list)?;
-        inode.ctime = super::blocks::now();
+        inode.ctime = crate::inode::blocks::now();
         self.store_inode(ino, &inode)
     }
 
@@ -303,7 +303,7 @@ impl Fs {
                 .alloc
                 .geo
                 .group_first_block(((ino - 1) / self.sb.inodes_per_group as u64) as u32);
-            let (b, _) = self.alloc.alloc_blocks(self, goal, 1)?;
+            let (b, _) = self.alloc.alloc_blocks(&self.vol, goal, 1)?;
             inode.blocks_raw += (self.block_size / 512) as u64;
             inode.file_acl = b;
             b

@@ -36,9 +36,8 @@ use super::Fs;
 use super::types::Ino;
 use crate::errno::{Errno, Result};
 use crate::pagecache::{Mapping, PageCache};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Slabs of address space per slab the cache size needs when full: a small file takes a whole
@@ -49,53 +48,7 @@ const SLAB_FACTOR: u32 = 32;
 /// A page dirty this long is written back by the flusher (the kernel's dirty_expire).
 const DIRTY_EXPIRE: Duration = Duration::from_secs(30);
 
-/// What the inode's size is in memory and on disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(in crate::fs) struct Sizes {
-    /// i_size: what users see.
-    pub size: u64,
-    /// i_disksize: what the on-disk inode says (moves at I/O completion).
-    pub disksize: u64,
-}
-
-/// The in-core state of one regular file with cached data.
-pub(super) struct InodeData {
-    /// i_rwsem: write/truncate/fallocate hold it exclusively; read and writeback share it.
-    pub rw: RwLock<()>,
-    pub pages: Mutex<Mapping>,
-    pub sizes: Mutex<Sizes>,
-    /// A writeback error not yet reported by fsync (errseq-style: reported once).
-    wb_err: Mutex<Option<Errno>>,
-    /// Where the next sequential read would start (readahead).
-    ra_next: AtomicU64,
-}
-
-impl InodeData {
-    pub fn pages(&self) -> MutexGuard<'_, Mapping> {
-        self.pages.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn sizes(&self) -> MutexGuard<'_, Sizes> {
-        self.sizes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn read_lock(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.rw.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.rw.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn set_error(&self, e: Errno) {
-        *self.wb_err.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-    }
-
-    /// The writeback error since the last call, if any (reported once, as fsync does).
-    fn take_error(&self) -> Option<Errno> {
-        self.wb_err.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
+pub(crate) use crate::volume::incore::{InodeData, Sizes};
 
 /// Wakes the flusher thread.
 #[derive(Default)]
@@ -109,7 +62,6 @@ struct Kick {
 /// The data path's shared state, one per mounted file system.
 pub(super) struct DataState {
     pub pc: PageCache,
-    table: Mutex<HashMap<Ino, Arc<InodeData>>>,
     kick: Arc<Kick>,
     /// The flusher thread should stop (unmount).
     stop: AtomicBool,
@@ -125,31 +77,12 @@ impl DataState {
     pub fn new(cache_bytes: u64) -> std::io::Result<DataState> {
         Ok(DataState {
             pc: PageCache::new(cache_bytes, SLAB_FACTOR)?,
-            table: Mutex::new(HashMap::new()),
             kick: Arc::new(Kick::default()),
             stop: AtomicBool::new(false),
             deferred: Mutex::new(Vec::new()),
             #[cfg(test)]
             commit_after_alloc: AtomicBool::new(false),
         })
-    }
-
-    fn table(&self) -> MutexGuard<'_, HashMap<Ino, Arc<InodeData>>> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn get(&self, ino: Ino) -> Option<Arc<InodeData>> {
-        self.table().get(&ino).cloned()
-    }
-
-    /// Every file with in-core data state.
-    fn all(&self) -> Vec<(Ino, Arc<InodeData>)> {
-        self.table().iter().map(|(i, d)| (*i, d.clone())).collect()
-    }
-
-    /// Is `d` still the table's entry for `ino` (it was not freed meanwhile)?
-    fn is_current(&self, ino: Ino, d: &Arc<InodeData>) -> bool {
-        self.table().get(&ino).is_some_and(|x| Arc::ptr_eq(x, d))
     }
 
     fn kick_flusher(&self) {
@@ -161,7 +94,7 @@ impl DataState {
 impl Fs {
     /// The in-core state of regular file `ino`, created (sizes read from the inode) on first use.
     pub(super) fn inode_data(&self, ino: Ino) -> Result<Arc<InodeData>> {
-        if let Some(d) = self.data.get(ino) {
+        if let Some(d) = self.inodes.get(ino) {
             return Ok(d);
         }
         let _g = self.ns_read();
@@ -172,21 +105,9 @@ impl Fs {
         if !inode.is_reg() {
             return Err(Errno::EINVAL);
         }
-        let mut t = self.data.table();
-        Ok(t.entry(ino)
-            .or_insert_with(|| {
-                Arc::new(InodeData {
-                    rw: RwLock::new(()),
-                    pages: Mutex::new(Mapping::default()),
-                    sizes: Mutex::new(Sizes {
-                        size: inode.size,
-                        disksize: inode.size,
-                    }),
-                    wb_err: Mutex::new(None),
-                    ra_next: AtomicU64::new(u64::MAX),
-                })
-            })
-            .clone())
+        Ok(self
+            .inodes
+            .get_or_insert_with(ino, || InodeData::new(inode.size)))
     }
 
     /// Free `ino` (orphaned, unreferenced, with cached data) once the caller released `ns`.
@@ -211,23 +132,13 @@ impl Fs {
 
     /// The in-core state of `ino`, when it has one.
     pub(super) fn data_if_cached(&self, ino: Ino) -> Option<Arc<InodeData>> {
-        self.data.get(ino)
-    }
-
-    /// The in-memory size of `ino` when it differs from the inode's (read_inode overlays it).
-    pub(super) fn incore_size(&self, ino: Ino) -> Option<u64> {
-        self.data.get(ino).map(|d| d.sizes().size)
-    }
-
-    /// The size the on-disk inode must carry (store_inode writes i_disksize).
-    pub(super) fn incore_disksize(&self, ino: Ino) -> Option<u64> {
-        self.data.get(ino).map(|d| d.sizes().disksize)
+        self.inodes.get(ino)
     }
 
     /// Forget `ino`'s cached data and release its reservations: it is being freed. The caller
     /// holds `d.rw` exclusively (or knows no one else uses the inode).
     pub(super) fn drop_inode_data(&self, ino: Ino) {
-        let Some(d) = self.data.table().remove(&ino) else {
+        let Some(d) = self.inodes.remove(ino) else {
             return;
         };
         d.pages().drop_range(&self.data.pc, 0, u64::MAX);
@@ -243,7 +154,7 @@ impl Fs {
         if self.read_only {
             return Ok(());
         }
-        if let Some(d) = self.data.get(ino) {
+        if let Some(d) = self.inodes.get(ino) {
             let _r = d.read_lock();
             let r = self.writeback_inode(ino, &d, 0, u64::MAX);
             drop(_r);
@@ -286,7 +197,7 @@ impl Fs {
         let mut first_err = None;
         let over =
             self.data.pc.dirty_pages() > self.data.pc.background_limit() || self.slabs_short();
-        for (ino, d) in self.data.all() {
+        for (ino, d) in self.inodes.all() {
             let dirty_since = d.pages().dirty_since();
             let Some(since) = dirty_since else { continue };
             if only_expired && !over && since.elapsed() < DIRTY_EXPIRE {
@@ -300,7 +211,7 @@ impl Fs {
             } else {
                 d.read_lock()
             };
-            if !self.data.is_current(ino, &d) {
+            if !self.inodes.is_current(ino, &d) {
                 continue;
             }
             if let Err(e) = self.writeback_inode(ino, &d, 0, u64::MAX) {
@@ -341,7 +252,7 @@ impl Fs {
         // Least recently used first. Each key is read once: a file's last use moves while we
         // sort, and a sort needs keys that hold still.
         let mut files: Vec<(u64, Ino, Arc<InodeData>)> = self
-            .data
+            .inodes
             .all()
             .into_iter()
             .map(|(ino, d)| {
@@ -380,15 +291,10 @@ impl Fs {
     /// Drop the table entry of a file with no cached pages and nothing pending, so the table
     /// does not grow with every file ever read. Only when nobody else holds it.
     fn forget_idle(&self, ino: Ino, d: &Arc<InodeData>) {
-        let mut t = self.data.table();
-        let s = *d.sizes();
-        if s.size == s.disksize
-            && self.es.delayed_blocks(ino) == 0
-            && t.get(&ino).is_some_and(|x| Arc::ptr_eq(x, d))
-            && Arc::strong_count(d) == 2
-        {
-            t.remove(&ino);
-        }
+        self.inodes.remove_if_idle(ino, d, || {
+            let s = *d.sizes();
+            s.size == s.disksize && self.es.delayed_blocks(ino) == 0
+        });
     }
 
     /// Few free slabs are left (many files with a few dirty pages each): time to write back

@@ -8,8 +8,8 @@
 use super::InodeData;
 use crate::errno::{Errno, Result};
 use crate::fs::Fs;
-use crate::fs::bmap::Target;
 use crate::fs::types::Ino;
+use crate::inode::bmap::Target;
 use crate::ondisk::inode::{Inode, flags};
 use crate::pagecache::{NoSlab, PAGE_SIZE, SLAB_PAGES};
 use std::sync::atomic::Ordering;

@@ -11,9 +11,9 @@ use super::InodeData;
 use crate::errno::{Errno, Result};
 use crate::extent::ExtentTree;
 use crate::fs::Fs;
-use crate::fs::blocks::{NodeIo, now};
-use crate::fs::bmap::Target;
 use crate::fs::types::Ino;
+use crate::inode::blocks::{NodeIo, now};
+use crate::inode::bmap::Target;
 use crate::ondisk::inode::flags;
 use crate::pagecache::PAGE_SIZE;
 
@@ -485,7 +485,7 @@ impl Fs {
                 let (freed, next) = r?;
                 let mut n = 0i64;
                 for (p, len) in freed {
-                    self.alloc.free_blocks(self, p, len)?;
+                    self.alloc.free_blocks(&self.vol, p, len)?;
                     n += len as i64;
                 }
                 self.adjust_blocks(&mut inode, io.delta.get() - n);

@@ -10,9 +10,9 @@ use super::InodeData;
 use crate::errno::{Errno, Result};
 use crate::extent::Status;
 use crate::fs::Fs;
-use crate::fs::blocks::now;
-use crate::fs::bmap::Target;
 use crate::fs::types::Ino;
+use crate::inode::blocks::now;
+use crate::inode::bmap::Target;
 use crate::ondisk::inode::{I_BLOCK_LEN, Inode, flags};
 use crate::pagecache::{NoSlab, PAGE_SIZE, PageIndex, SlabId};
 
@@ -373,12 +373,12 @@ impl Fs {
 
     /// Write back other files (not `ino`, whose lock the caller holds), skipping those busy.
     pub(super) fn writeback_others(&self, ino: Ino) -> Result<()> {
-        for (other, d) in self.data.all() {
+        for (other, d) in self.inodes.all() {
             if other == ino {
                 continue;
             }
             let Ok(_g) = d.rw.try_read() else { continue };
-            if self.data.is_current(other, &d) {
+            if self.inodes.is_current(other, &d) {
                 self.writeback_inode(other, &d, 0, u64::MAX)?;
             }
         }

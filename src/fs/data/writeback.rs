@@ -16,9 +16,9 @@ use super::InodeData;
 use crate::errno::{Errno, Result};
 use crate::extent::{ExtentTree, Status};
 use crate::fs::Fs;
-use crate::fs::blocks::NodeIo;
-use crate::fs::bmap::Target;
 use crate::fs::types::Ino;
+use crate::inode::blocks::NodeIo;
+use crate::inode::bmap::Target;
 use crate::ondisk::extent::Extent;
 use crate::ondisk::inode::{Inode, flags};
 use crate::pagecache::{PAGE_SIZE, PageIndex, SLAB_PAGES};
@@ -262,9 +262,9 @@ impl Fs {
         let want = want.min(m.len).min(u32::MAX as u64);
         let reserved = self.delayed_in(ino, lblk, want);
         let goal = self.data_goal(ino, &inode, lblk);
-        let (pblk, got) = self
-            .alloc
-            .alloc_data_blocks(self, goal, want as u32, reserved as u32)?;
+        let (pblk, got) =
+            self.alloc
+                .alloc_data_blocks(&self.vol, goal, want as u32, reserved as u32)?;
         let io = NodeIo::new(self, ino, &inode);
         let mut root = inode.block;
         let r = ExtentTree::new(&mut root, &io, self.block_size, ino).insert(Extent {
@@ -275,7 +275,7 @@ impl Fs {
         });
         self.es.forget_mapped(ino);
         if let Err(e) = r {
-            self.alloc.free_blocks(self, pblk, got)?;
+            self.alloc.free_blocks(&self.vol, pblk, got)?;
             return Err(e);
         }
         inode.block = root;

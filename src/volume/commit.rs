@@ -1,6 +1,6 @@
 //! Making changes durable: journal handles, commits, checkpoints, and the commit thread.
 //!
-//! An operation starts as a handle ([`Fs::start_handle`]): when the running transaction could
+//! An operation starts as a handle ([`Volume::start_handle`]): when the running transaction could
 //! outgrow its limit with the blocks the operation may dirty (its credits), the transaction is
 //! committed first. A commit freezes the running transaction under the namespace lock (a new one
 //! starts at once), then — holding only the commit lock — logs it in the journal with two
@@ -16,15 +16,13 @@
 //! Operations take `ns` without the commit lock; a handle that must commit does so before it
 //! takes `ns`.
 
-use super::Fs;
-use super::blocks::now;
-use super::errors::STATE_ERROR;
-use super::types::Ino;
+use super::{Volume, now};
 use crate::alloc::MetaIo;
 use crate::cache::Frozen;
 use crate::errno::{Errno, Result};
 use crate::ondisk::le::{put_u16, put_u32};
 use crate::ondisk::superblock::{SUPERBLOCK_OFFSET, Superblock, incompat};
+use crate::volume::errors::STATE_ERROR;
 use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, MutexGuard, RwLockWriteGuard};
 
@@ -32,12 +30,12 @@ const STATE_VALID: u16 = 0x1;
 
 /// Blocks an ordinary operation may dirty (inode table blocks, directory blocks and htree
 /// splits, bitmaps, group descriptors, extent nodes, the superblock).
-pub(super) const DEFAULT_CREDITS: usize = 64;
+pub(crate) const DEFAULT_CREDITS: usize = 64;
 
 /// Without a journal: blocks a running transaction may gather before it is written home.
 const MAX_RUNNING_BLOCKS: usize = 8192;
 
-impl Fs {
+impl Volume {
     /// Block holding the primary superblock and the superblock's offset in it.
     fn superblock_location(&self) -> (u64, usize) {
         let bs = self.block_size as u64;
@@ -46,7 +44,7 @@ impl Fs {
 
     /// Refresh the superblock (free counts, orphan list head, state, write time) in the running
     /// transaction. `clean` marks the file system cleanly unmounted.
-    pub(super) fn write_superblock(&self, clean: bool) -> Result<()> {
+    pub(crate) fn write_superblock(&self, clean: bool) -> Result<()> {
         let (block, data) = self.superblock_image(clean)?;
         self.write_meta(block, data);
         Ok(())
@@ -96,7 +94,7 @@ impl Fs {
 
     /// errors=remount-ro: write the superblock (with the error recorded) straight home, then
     /// abort the journal. The running transaction is dropped, as jbd2 drops it on abort.
-    pub(super) fn error_remount_ro(&self) {
+    pub(crate) fn error_remount_ro(&self) {
         let _live = self.commit_guard();
         let r = self.superblock_image(false).and_then(|(block, data)| {
             self.dev
@@ -111,7 +109,7 @@ impl Fs {
     }
 
     /// Blocks the running transaction may hold before it must be committed.
-    fn max_transaction(&self) -> usize {
+    pub(crate) fn max_transaction(&self) -> usize {
         match &self.journal {
             Some(j) => j.max_transaction(),
             None => MAX_RUNNING_BLOCKS,
@@ -120,7 +118,7 @@ impl Fs {
 
     /// Start an operation that may dirty up to `credits` metadata blocks: commit the running
     /// transaction first when it would outgrow its limit, then take the namespace write lock.
-    pub(super) fn start_handle(&self, credits: usize) -> RwLockWriteGuard<'_, ()> {
+    pub(crate) fn start_handle(&self, credits: usize) -> RwLockWriteGuard<'_, ()> {
         if !self.is_read_only()
             && self.cache.running_len() + credits > self.max_transaction()
             && let Err(e) = self.commit_running(|| Ok(()), false)
@@ -131,13 +129,13 @@ impl Fs {
         self.ns.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn commit_guard(&self) -> MutexGuard<'_, Vec<Frozen>> {
+    pub(crate) fn commit_guard(&self) -> MutexGuard<'_, Vec<Frozen>> {
         self.commit_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Abort: nothing more is written, the file system turns read-only, and the journal records
     /// the error for the next mount and e2fsck.
-    fn abort(&self, e: Errno) {
+    pub(crate) fn abort(&self, e: Errno) {
         if self.aborted.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -154,7 +152,11 @@ impl Fs {
 
     /// Commit the running transaction: run `prepare` and refresh the superblock under the
     /// namespace lock, freeze, then log (or, without a journal, write home) outside it.
-    fn commit_running(&self, prepare: impl FnOnce() -> Result<()>, clean: bool) -> Result<()> {
+    pub(crate) fn commit_running(
+        &self,
+        prepare: impl FnOnce() -> Result<()>,
+        clean: bool,
+    ) -> Result<()> {
         let mut live = self.commit_guard();
         if self.aborted.load(Ordering::Acquire) {
             return Err(Errno::EIO);
@@ -244,7 +246,7 @@ impl Fs {
     }
 
     /// Checkpoint every committed transaction: blocks home, flush, log empty.
-    fn checkpoint_locked(&self, live: &mut Vec<Frozen>) -> Result<()> {
+    pub(crate) fn checkpoint_locked(&self, live: &mut Vec<Frozen>) -> Result<()> {
         let Some(j) = &self.journal else {
             return Ok(());
         };
@@ -261,7 +263,7 @@ impl Fs {
     }
 
     /// Checkpoint now (the commit thread, when the log fills up).
-    fn checkpoint(&self) -> Result<()> {
+    pub(crate) fn checkpoint(&self) -> Result<()> {
         let mut live = self.commit_guard();
         if self.aborted.load(Ordering::Acquire) {
             return Err(Errno::EIO);
@@ -290,68 +292,12 @@ impl Fs {
         self.commit_running(|| Ok(()), false)
     }
 
-    /// Clean unmount: free inodes still waiting on the orphan list, commit, checkpoint, and mark
-    /// the file system clean (the superblock written home last, as the kernel does).
-    pub fn shutdown(&self) -> Result<()> {
-        if self.read_only {
-            return Ok(());
-        }
-        if self.aborted.load(Ordering::Acquire) {
-            return Err(Errno::EIO);
-        }
-        // File data first: everything dirty goes home and converts before the last commits.
-        self.data_shutdown()?;
-        self.reap_deferred();
-        let pending: Vec<Ino> = self
-            .orphans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
-        let free_orphans = || {
-            for ino in pending {
-                let mut i = self.read_inode(ino)?;
-                self.orphan_del(ino, &i)?;
-                self.free_inode(ino, &mut i)?;
-            }
-            Ok(())
-        };
-        if self.journal.is_none() {
-            return self.commit_running(free_orphans, true);
-        }
-        self.commit_running(free_orphans, false)?;
-        // An operation racing the unmount (a FORGET handled by another worker) may start a new
-        // transaction: commit that too, until the checkpointed log has nothing running beside it.
-        for _ in 0..8 {
-            let mut live = self.commit_guard();
-            let r = self
-                .checkpoint_locked(&mut live)
-                .and_then(|_| self.superblock_home(true));
-            drop(live);
-            match r {
-                Ok(true) => {
-                    self.home_sb_clean.store(true, Ordering::Release);
-                    return Ok(());
-                }
-                Ok(false) => self.commit_running(|| Ok(()), false)?,
-                Err(e) => {
-                    self.abort(e);
-                    return Err(e);
-                }
-            }
-        }
-        log::error!(
-            "unmount: operations kept arriving; the journal stays live and is replayed at the next mount"
-        );
-        Err(Errno::EBUSY)
-    }
-
     /// Write the superblock home directly, outside the log, and flush: at a writable mount (the
     /// kernel and e2fsck replay the log only when the home superblock says needs_recovery, so it
     /// must say so before the first commit) and at unmount, after the last checkpoint. Callers
     /// hold the commit lock or run before any operation. The superblock must go home alone:
     /// when a transaction is running, nothing is written and the answer is `false`.
-    pub(super) fn superblock_home(&self, clean: bool) -> Result<bool> {
+    pub(crate) fn superblock_home(&self, clean: bool) -> Result<bool> {
         let frozen = {
             let _g = self.ns.write().unwrap_or_else(|e| e.into_inner());
             if self.cache.running_len() != 0 {
@@ -371,82 +317,35 @@ impl Fs {
     }
 
     /// Wake the commit thread when the running transaction is half full (called at the end of
-    /// operations that may grow it a lot); the hard limit is enforced by [`Fs::start_handle`].
-    pub(super) fn commit_if_large(&self) -> Result<()> {
+    /// operations that may grow it a lot); the hard limit is enforced by [`Volume::start_handle`].
+    pub(crate) fn commit_if_large(&self) -> Result<()> {
         if self.cache.running_len() >= self.max_transaction() / 2 {
             self.commit_kick.kick();
         }
         Ok(())
     }
-
-    /// Commit every `interval` (or sooner when kicked) while there is something to commit, and
-    /// checkpoint when the log is half full, until the file system is dropped.
-    pub fn start_commit_thread(
-        fs: &std::sync::Arc<Fs>,
-        interval: std::time::Duration,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let weak = std::sync::Arc::downgrade(fs);
-        std::thread::Builder::new()
-            .name("commit".into())
-            .spawn(move || {
-                loop {
-                    // Wait without keeping the file system alive.
-                    let Some(kick) = weak.upgrade().map(|fs| fs.commit_kick.clone()) else {
-                        return;
-                    };
-                    kick.wait(interval);
-                    let Some(fs) = weak.upgrade() else { return };
-                    if fs.is_read_only() {
-                        continue;
-                    }
-                    if fs.cache.running_len() > 0
-                        && let Err(e) = fs.sync()
-                    {
-                        log::error!("periodic commit failed: {e}");
-                    }
-                    if let Some(j) = &fs.journal
-                        && j.used() * 2 > j.capacity()
-                        && let Err(e) = fs.checkpoint()
-                    {
-                        log::error!("checkpoint failed: {e}");
-                    }
-                }
-            })
-    }
 }
 
 /// Wakes the commit thread before its interval is up.
 #[derive(Default)]
-pub(super) struct CommitKick {
+pub(crate) struct CommitKick {
     kicked: Mutex<bool>,
     cv: Condvar,
 }
 
 impl CommitKick {
-    fn kick(&self) {
+    pub(crate) fn kick(&self) {
         *self.kicked.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.cv.notify_one();
     }
 
     /// Wait up to `interval` for a kick.
-    fn wait(&self, interval: std::time::Duration) {
+    pub(crate) fn wait(&self, interval: std::time::Duration) {
         let g = self.kicked.lock().unwrap_or_else(|e| e.into_inner());
         let (mut g, _) = self
             .cv
             .wait_timeout_while(g, interval, |kicked| !*kicked)
             .unwrap_or_else(|e| e.into_inner());
         *g = false;
-    }
-}
-
-#[cfg(test)]
-impl Fs {
-    /// The whole device's bytes (tests over memory devices).
-    pub(super) fn dev_snapshot(&self) -> Vec<u8> {
-        let mut v = vec![0u8; self.dev.size() as usize];
-        self.dev
-            .read_at(&mut v, 0)
-            .expect("reading the device back");
-        v
     }
 }

@@ -4,27 +4,27 @@
 //! Lock order: callers hold the file system's namespace write lock; allocation and the buffer
 //! cache take their own short internal locks below it.
 
-use super::Fs;
-use super::types::Ino;
 use crate::alloc::MetaIo;
 use crate::errno::{Errno, Result};
 use crate::extent::{ExtentIo, ExtentTree};
 use crate::ondisk::extent::{self, Extent};
 use crate::ondisk::inode::{self, Inode, flags};
+use crate::volume::Ino;
+use crate::volume::Volume;
 use std::cell::Cell;
 use std::sync::Arc;
 
 /// Extent node I/O for one inode: checksums with the inode's seed, allocation through the fs
 /// allocator, and a count of node blocks gained or lost for `i_blocks`.
-pub(super) struct NodeIo<'a> {
-    fs: &'a Fs,
+pub(crate) struct NodeIo<'a> {
+    fs: &'a Volume,
     ino: Ino,
     seed: u32,
     pub delta: Cell<i64>,
 }
 
 impl<'a> NodeIo<'a> {
-    pub(super) fn new(fs: &'a Fs, ino: Ino, inode: &Inode) -> NodeIo<'a> {
+    pub(crate) fn new(fs: &'a Volume, ino: Ino, inode: &Inode) -> NodeIo<'a> {
         NodeIo {
             fs,
             ino,
@@ -69,16 +69,16 @@ impl ExtentIo for NodeIo<'_> {
 }
 
 /// The current time as ext4 stores it.
-pub(super) fn now() -> (i64, u32) {
+pub(crate) fn now() -> (i64, u32) {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     (d.as_secs() as i64, d.subsec_nanos())
 }
 
-impl Fs {
+impl Volume {
     /// Write an in-core inode back into its inode table block (in the running transaction).
-    pub(super) fn store_inode(&self, ino: Ino, inode: &Inode) -> Result<()> {
+    pub(crate) fn store_inode(&self, ino: Ino, inode: &Inode) -> Result<()> {
         let (block, off) = self.inode_location(ino)?;
         let mut data = self.read_meta_block(block)?.to_vec();
         let isz = self.sb.inode_size as usize;
@@ -88,7 +88,7 @@ impl Fs {
         if inode.raw.len() == isz && isz > ibody {
             raw[ibody..].copy_from_slice(&inode.raw[ibody..]);
         }
-        match self.incore_disksize(ino) {
+        match self.inodes.disksize(ino) {
             // The on-disk size is i_disksize (it moves at I/O completion), not i_size.
             Some(disksize) if inode.is_reg() && disksize != inode.size => {
                 let mut on_disk = inode.clone();
@@ -104,14 +104,14 @@ impl Fs {
         Ok(())
     }
 
-    pub(super) fn adjust_blocks(&self, inode: &mut Inode, blocks: i64) {
+    pub(crate) fn adjust_blocks(&self, inode: &mut Inode, blocks: i64) {
         let per = (self.block_size / 512) as i64;
         inode.blocks_raw = (inode.blocks_raw as i64 + blocks * per).max(0) as u64;
     }
 
     /// True for an inode whose `i_block` holds no block map at all: device nodes, FIFOs,
     /// sockets, fast symlinks (the target text) and inline data.
-    pub(super) fn owns_no_block_map(&self, inode: &Inode) -> bool {
+    pub(crate) fn owns_no_block_map(&self, inode: &Inode) -> bool {
         if inode.has_flag(flags::INLINE_DATA) {
             return true;
         }
@@ -136,7 +136,7 @@ impl Fs {
     /// This and `truncate_blocks` are the only ways a block map changes: both drop the inode's
     /// cached runs in the extent status tree, whatever the outcome (a failure may have changed
     /// node blocks already). Any new way of changing a block map must do the same.
-    pub(super) fn map_new_block(
+    pub(crate) fn map_new_block(
         &self,
         ino: Ino,
         inode: &mut Inode,
@@ -185,7 +185,7 @@ impl Fs {
     /// Free every block mapped at or after logical block `from` (truncate). Drops the inode's
     /// cached runs, and its delayed ranges from `from` on (the data path releases their
     /// reservations before truncating).
-    pub(super) fn truncate_blocks(&self, ino: Ino, inode: &mut Inode, from: u64) -> Result<()> {
+    pub(crate) fn truncate_blocks(&self, ino: Ino, inode: &mut Inode, from: u64) -> Result<()> {
         let r = self.truncate_blocks_inner(ino, inode, from);
         self.es.forget_mapped(ino);
         self.es.remove(ino, from, u64::MAX);
@@ -220,16 +220,16 @@ impl Fs {
     }
 
     /// A fresh copy of a metadata block to modify.
-    pub(super) fn block_for_write(&self, block: u64) -> Result<Vec<u8>> {
+    pub(crate) fn block_for_write(&self, block: u64) -> Result<Vec<u8>> {
         Ok(self.read_meta_block(block)?.to_vec())
     }
 
     /// A zeroed buffer for a block that is new metadata (its old contents do not matter).
-    pub(super) fn new_block_buf(&self) -> Vec<u8> {
+    pub(crate) fn new_block_buf(&self) -> Vec<u8> {
         vec![0u8; self.block_size as usize]
     }
 
-    pub(super) fn put_block(&self, block: u64, data: Vec<u8>) {
+    pub(crate) fn put_block(&self, block: u64, data: Vec<u8>) {
         self.cache.put_dirty(block, Arc::from(data));
     }
 }

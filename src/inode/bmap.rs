@@ -12,24 +12,24 @@
 //! Locking: callers hold the namespace lock (readers shared, block-map writers exclusive), so no
 //! walk runs while a map changes; the status cache takes its own short shard lock inside.
 
-use super::Fs;
-use super::types::Ino;
 use crate::errno::Result;
 use crate::extent::{MapRoot, Status};
 use crate::ondisk::extent::{self, Node};
 use crate::ondisk::inode::{Inode, flags};
 use crate::ondisk::le::u32_at;
+use crate::volume::Ino;
+use crate::volume::Volume;
 
 /// What a run of logical blocks maps to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Target {
+pub(crate) enum Target {
     Hole,
     Data { pblk: u64, unwritten: bool },
 }
 
 /// `len` logical blocks from `lblk` map uniformly to `target` (contiguously, for data).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Mapping {
+pub(crate) struct Mapping {
     pub lblk: u64,
     pub len: u64,
     pub target: Target,
@@ -100,11 +100,11 @@ fn map_root(inode: &Inode) -> MapRoot {
     }
 }
 
-impl Fs {
+impl Volume {
     /// Map the run of blocks starting at `lblk`: from the extent status tree when it holds the
     /// on-disk run containing `lblk` (read through the same `i_block`), else by walking the
     /// extent tree or indirect map, recording the run found. Both give the same answer.
-    pub(super) fn map_block(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Mapping> {
+    pub(crate) fn map_block(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Mapping> {
         if lblk >= MAX_LBLK {
             return Ok(beyond_map(lblk));
         }
@@ -142,7 +142,7 @@ impl Fs {
 
     /// `map_block` without the extent status tree (tests compare the two).
     #[cfg(test)]
-    pub(super) fn map_block_uncached(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Mapping> {
+    pub(crate) fn map_block_uncached(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<Mapping> {
         if lblk >= MAX_LBLK {
             return Ok(beyond_map(lblk));
         }

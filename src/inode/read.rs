@@ -1,16 +1,14 @@
-//! Reading inodes from the inode tables, with checksum verification, and turning them into `Attr`.
+//! Reading inodes from the inode tables, with checksum verification.
 
-use super::Fs;
-use super::types::{Attr, Ino, Timespec};
 use crate::errno::Result;
-use crate::ondisk::inode::{
-    self, Inode, flags, inode_checksum, inode_csum_seed, stored_inode_checksum,
-};
-use crate::ondisk::superblock::{incompat, ro_compat};
+use crate::ondisk::inode::{Inode, flags, inode_checksum, inode_csum_seed, stored_inode_checksum};
+use crate::ondisk::superblock::incompat;
+use crate::volume::Ino;
+use crate::volume::Volume;
 
-impl Fs {
+impl Volume {
     /// Where inode `ino` lives: (block, byte offset in the block).
-    pub(super) fn inode_location(&self, ino: Ino) -> Result<(u64, usize)> {
+    pub(crate) fn inode_location(&self, ino: Ino) -> Result<(u64, usize)> {
         if ino == 0 || ino > self.sb.inodes_count as u64 {
             return Err(crate::corrupt!("inode number {ino} is out of range"));
         }
@@ -25,7 +23,7 @@ impl Fs {
     }
 
     /// Read and verify inode `ino`.
-    pub(super) fn read_inode(&self, ino: Ino) -> Result<Inode> {
+    pub(crate) fn read_inode(&self, ino: Ino) -> Result<Inode> {
         let (block, off) = self.inode_location(ino)?;
         let data = self.read_meta_block(block)?;
         let raw = &data[off..off + self.sb.inode_size as usize];
@@ -53,7 +51,7 @@ impl Fs {
         }
         // Users see i_size; the disk holds i_disksize until writeback completes.
         if inode.is_reg()
-            && let Some(size) = self.incore_size(ino)
+            && let Some(size) = self.inodes.size(ino)
         {
             inode.size = size;
         }
@@ -61,45 +59,7 @@ impl Fs {
     }
 
     /// The checksum seed of an inode's own metadata blocks (extent, directory blocks).
-    pub(super) fn inode_seed(&self, ino: Ino, inode: &Inode) -> u32 {
+    pub(crate) fn inode_seed(&self, ino: Ino, inode: &Inode) -> u32 {
         inode_csum_seed(self.csum_seed, ino as u32, inode.generation)
-    }
-
-    pub(super) fn attr_of(&self, ino: Ino, i: &Inode) -> Attr {
-        let ts = |t: (i64, u32)| Timespec {
-            sec: t.0,
-            nsec: t.1,
-        };
-        let mut blocks = i.blocks_512(self.sb.has_ro_compat(ro_compat::HUGE_FILE), self.block_size);
-        if i.has_flag(flags::INLINE_DATA) && i.is_reg() {
-            // As the kernel does for regular files: report the inline bytes so tools do not think
-            // the file is sparse.
-            blocks += i.size.div_ceil(512);
-        }
-        if i.is_reg() {
-            // Delayed blocks count as the kernel counts them: the data is the file's already.
-            blocks += self.es.delayed_blocks(ino) * (self.block_size as u64 / 512);
-        }
-        let ft = i.file_type();
-        Attr {
-            ino,
-            size: i.size,
-            blocks,
-            atime: ts(i.atime),
-            mtime: ts(i.mtime),
-            ctime: ts(i.ctime),
-            crtime: ts(i.crtime),
-            mode: i.mode as u32,
-            nlink: i.links_count as u32,
-            uid: i.uid,
-            gid: i.gid,
-            rdev: if ft == inode::S_IFCHR || ft == inode::S_IFBLK {
-                i.rdev()
-            } else {
-                0
-            },
-            blksize: self.block_size,
-            generation: i.generation,
-        }
     }
 }

@@ -3,8 +3,9 @@
 //! maps down to the triple indirect level. After each clean shutdown e2fsck finds nothing to fix
 //! and the kernel's ext4 reads back exactly what we expect.
 
-use super::testutil::*;
-use super::*;
+use crate::errno::Errno;
+use crate::fs::testutil::*;
+use crate::fs::*;
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

@@ -1,14 +1,14 @@
 //! The file system's side of its internal journal: finding the journal inode's blocks. Writing the
 //! log is the journal layer's job (`crate::journal::commit`).
 
-use super::Fs;
-use super::bmap::Target;
+use super::Volume;
 use crate::errno::Result;
+use crate::inode::bmap::Target;
 use crate::journal::commit::JournalWriter;
 
-impl Fs {
+impl Volume {
     /// Map journal inode `jino` and load its journal.
-    pub(super) fn load_journal(&self, jino: u64) -> Result<JournalWriter> {
+    pub(crate) fn load_journal(&self, jino: u64) -> Result<JournalWriter> {
         let inode = self.read_inode(jino)?;
         let bs = self.block_size as u64;
         let nblocks = inode.size / bs;

@@ -7,21 +7,20 @@
 //!
 //! Lock order: the commit lock (taken by the abort path) → `sb_live`.
 
-use super::Fs;
-use super::blocks::now;
+use super::{Volume, now};
 use crate::errno::Errno;
 use crate::ondisk::le::{put_u32, u32_at};
 use crate::ondisk::superblock::Superblock;
 
 /// `s_state` bit: errors were detected.
-pub(super) const STATE_ERROR: u16 = 0x2;
+pub(crate) const STATE_ERROR: u16 = 0x2;
 /// `s_errors` values (1 is continue).
 const ERRORS_RO: u16 = 2;
 const ERRORS_PANIC: u16 = 3;
 
 /// Superblock fields kept up to date in memory and written at each commit.
 #[derive(Clone, Copy, Debug, Default)]
-pub(super) struct SbLive {
+pub(crate) struct SbLive {
     pub last_orphan: u32,
     /// The file system has (had) errors: `s_state` keeps STATE_ERROR until e2fsck clears it.
     pub error_fs: bool,
@@ -30,7 +29,7 @@ pub(super) struct SbLive {
 }
 
 impl SbLive {
-    pub(super) fn new(sb: &Superblock) -> SbLive {
+    pub(crate) fn new(sb: &Superblock) -> SbLive {
         SbLive {
             last_orphan: sb.last_orphan,
             error_fs: sb.state & STATE_ERROR != 0,
@@ -40,7 +39,7 @@ impl SbLive {
 
     /// Count the errors found since the last write into the superblock bytes `sb` (1,024 bytes):
     /// `s_error_count`, first and last error times.
-    pub(super) fn stamp_errors(&mut self, sb: &mut [u8]) {
+    pub(crate) fn stamp_errors(&mut self, sb: &mut [u8]) {
         if self.new_errors == 0 {
             return;
         }
@@ -54,7 +53,7 @@ impl SbLive {
     }
 }
 
-impl Fs {
+impl Volume {
     /// Report an error an operation returned to its client. Corruption (`EUCLEAN`) is recorded in
     /// the superblock and handled as `s_errors` says; other errors are the client's business.
     pub fn note_error(&self, e: Errno) {
@@ -90,9 +89,10 @@ impl Fs {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::*;
-    use super::super::*;
     use super::STATE_ERROR;
+    use crate::errno::Errno;
+    use crate::fs::testutil::*;
+    use crate::fs::*;
     use crate::ondisk::le::{u16_at, u32_at};
     use std::path::Path;
     use std::process::Command;
@@ -113,7 +113,7 @@ mod tests {
         let fs = mount(&img);
         let bad = fs.lookup(ROOT_INO, b"bad").unwrap();
         let inode = fs.read_inode(bad.ino).unwrap();
-        let super::super::bmap::Target::Data { pblk, .. } =
+        let crate::inode::bmap::Target::Data { pblk, .. } =
             fs.map_block(bad.ino, &inode, 0).unwrap().target
         else {
             panic!("the directory has a block");

@@ -9,12 +9,12 @@
 //! Lock order: callers hold the namespace write lock; allocation and the buffer cache take their
 //! own short internal locks below it.
 
-use super::Fs;
-use super::types::Ino;
 use crate::errno::{Errno, Result};
 use crate::ondisk::inode::Inode;
 use crate::ondisk::le::{put_u32, u32_at};
 use crate::ondisk::superblock::ro_compat;
+use crate::volume::Ino;
+use crate::volume::Volume;
 
 /// Direct pointers in `i_block`.
 const NDIR: u64 = 12;
@@ -54,7 +54,7 @@ struct Plan {
     free: Vec<(u64, bool)>,
 }
 
-impl Fs {
+impl Volume {
     fn ind_apb(&self) -> u64 {
         (self.block_size / 4) as u64
     }
@@ -79,7 +79,7 @@ impl Fs {
     /// Largest size an indirect-mapped file may have (the kernel's `ext4_max_bitmap_size`):
     /// what the triple indirect tree addresses, capped so `i_blocks` (data plus indirect blocks)
     /// still fits its field.
-    pub(super) fn ind_max_bytes(&self) -> u64 {
+    pub(crate) fn ind_max_bytes(&self) -> u64 {
         let bits = self.block_size.trailing_zeros() as u64;
         let ppb = self.ind_apb();
         let mut upper: u64 = if self.sb.has_ro_compat(ro_compat::HUGE_FILE) {
@@ -109,7 +109,7 @@ impl Fs {
     /// Allocate one data block at `lblk` of an indirect-mapped inode (a hole), with any missing
     /// indirect blocks above it. `goal` 0 picks one near the previous pointer, like ext3.
     /// Returns (data block, blocks the inode gained, including new indirect blocks).
-    pub(super) fn ind_map_new(
+    pub(crate) fn ind_map_new(
         &self,
         ino: Ino,
         inode: &mut Inode,
@@ -229,7 +229,7 @@ impl Fs {
     /// Free every block mapped at or after logical block `from`, and every indirect block left
     /// empty. Nothing changes when the map turns out corrupt. Returns the blocks freed (data and
     /// indirect), for `i_blocks`.
-    pub(super) fn ind_truncate(&self, ino: Ino, inode: &mut Inode, from: u64) -> Result<i64> {
+    pub(crate) fn ind_truncate(&self, ino: Ino, inode: &mut Inode, from: u64) -> Result<i64> {
         self.ind_free_range(ino, inode, from, u64::MAX)
     }
 
@@ -237,7 +237,7 @@ impl Fs {
     /// range leaves empty (a punched hole in the middle of the file, or a truncate with `end`
     /// at the maximum; the kernel's `ext4_ind_remove_space`). Nothing changes when the map
     /// turns out corrupt. Returns the blocks freed (data and indirect), for `i_blocks`.
-    pub(super) fn ind_free_range(
+    pub(crate) fn ind_free_range(
         &self,
         ino: Ino,
         inode: &mut Inode,

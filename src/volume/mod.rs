@@ -1,0 +1,165 @@
+//! The mounted image's shared state: the device, the superblock and group geometry, the metadata
+//! buffer cache, the allocator, the extent status trees, the in-core inode table and the journal
+//! with its commit machinery. Every layer above takes it as `&Volume` (the operation API's `Fs`
+//! derefs to it); it knows nothing of FUSE, lookups or file handles.
+//!
+//! Submodules: `incore` (the in-core inode table), `commit` (journal handles, commits,
+//! checkpoints, the commit thread), `errors` (the superblock's error policy), `journal`
+//! (loading the internal journal).
+//!
+//! Lock order: see ARCHITECTURE.md ("Locks"); here: commit lock → `ns` → buffer cache → journal
+//! log state, and `ns` → allocator → buffer cache.
+
+pub(crate) mod commit;
+pub(crate) mod errors;
+pub(crate) mod incore;
+mod journal;
+
+use crate::alloc::{Allocator, MetaIo};
+use crate::blockdev::BlockDevice;
+use crate::cache::BufferCache;
+use crate::errno::{Errno, Result};
+use crate::ondisk::superblock::Superblock;
+use errors::SbLive;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// An inode number.
+pub type Ino = u64;
+
+/// The state every layer of a mounted ext4 image shares.
+pub struct Volume {
+    pub(crate) dev: Arc<dyn BlockDevice>,
+    pub(crate) sb: Superblock,
+    /// Inode table location of each group (fixed for the life of the file system).
+    pub(crate) itables: Vec<u64>,
+    pub(crate) alloc: Allocator,
+    pub(crate) block_size: u32,
+    pub(crate) csum_seed: u32,
+    pub(crate) read_only: bool,
+    /// Set when a metadata write failed: the journal is aborted and the file system read-only.
+    pub(crate) aborted: AtomicBool,
+    pub(crate) cache: BufferCache,
+    /// Extent status trees: the cache of each inode's block map (exact runs of the extent tree or
+    /// indirect map) and the delayed (delalloc) ranges. Every change of a block map drops the
+    /// inode's cached runs (`forget_mapped`); freeing an inode drops its tree (`forget_inode`).
+    pub(crate) es: crate::extent::ExtentStatusCache,
+    /// The in-core inodes of regular files with cached data (sizes, locks, page-cache mapping).
+    pub(crate) inodes: incore::InodeTable,
+    /// Namespace lock: operations that change metadata hold it for writing, readers for reading.
+    pub(crate) ns: RwLock<()>,
+    /// Superblock fields that change while mounted.
+    pub(crate) sb_live: Mutex<SbLive>,
+    /// The internal journal, when the image has one and it is written.
+    pub(crate) journal: Option<crate::journal::commit::JournalWriter>,
+    /// Serializes commits and checkpoints; holds the committed transactions whose blocks are
+    /// not home yet (oldest first). Taken before `ns`, never while holding it.
+    pub(crate) commit_lock: Mutex<Vec<crate::cache::Frozen>>,
+    /// The home superblock says "clean" (an unmount finished): the next commit first writes it
+    /// home with needs_recovery again.
+    pub(crate) home_sb_clean: AtomicBool,
+    /// Wakes the commit thread early (a transaction filled up).
+    pub(crate) commit_kick: Arc<commit::CommitKick>,
+}
+
+impl Volume {
+    /// A volume over `dev` whose superblock and group geometry were read and checked by the
+    /// caller. The journal is opened separately (`open_journal`).
+    pub(crate) fn new(
+        dev: Arc<dyn BlockDevice>,
+        sb: Superblock,
+        itables: Vec<u64>,
+        alloc: Allocator,
+        read_only: bool,
+        cache_blocks: usize,
+    ) -> Volume {
+        Volume {
+            csum_seed: sb.csum_seed(),
+            block_size: sb.block_size(),
+            dev,
+            itables,
+            alloc,
+            read_only,
+            aborted: AtomicBool::new(false),
+            cache: BufferCache::new(cache_blocks),
+            es: Default::default(),
+            inodes: Default::default(),
+            ns: RwLock::new(()),
+            sb_live: Mutex::new(SbLive::new(&sb)),
+            journal: None,
+            commit_lock: Mutex::new(Vec::new()),
+            home_sb_clean: AtomicBool::new(false),
+            commit_kick: Default::default(),
+            sb,
+        }
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Is the file system read-only (mounted so, or turned so by an error)?
+    pub fn is_read_only(&self) -> bool {
+        self.read_only || self.aborted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Start an operation that changes metadata (a journal handle with the default credits):
+    /// see [`Volume::start_handle`].
+    pub(crate) fn ns_write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.start_handle(commit::DEFAULT_CREDITS)
+    }
+
+    pub(crate) fn ns_read(&self) -> RwLockReadGuard<'_, ()> {
+        self.ns.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read one metadata block through the cache.
+    pub(crate) fn read_meta_block(&self, block: u64) -> Result<Arc<[u8]>> {
+        if let Some(b) = self.cache.get(block) {
+            return Ok(b);
+        }
+        let mut buf = vec![0u8; self.block_size as usize];
+        self.read_blocks_into(block, &mut buf)?;
+        let data: Arc<[u8]> = Arc::from(buf);
+        self.cache.insert_clean(block, data.clone());
+        Ok(data)
+    }
+
+    /// Read whole blocks starting at `block` straight from the device into `buf`.
+    pub(crate) fn read_blocks_into(&self, block: u64, buf: &mut [u8]) -> Result<()> {
+        let nblocks = buf.len().div_ceil(self.block_size as usize) as u64;
+        if block
+            .checked_add(nblocks)
+            .is_none_or(|end| end > self.sb.blocks_count)
+        {
+            return Err(crate::corrupt!(
+                "block {block} (+{nblocks}) is beyond the end of the file system ({} blocks)",
+                self.sb.blocks_count
+            ));
+        }
+        self.dev
+            .read_at(buf, block * self.block_size as u64)
+            .map_err(|e| {
+                log::error!("I/O error reading block {block}: {e}");
+                Errno::EIO
+            })
+    }
+}
+
+impl MetaIo for Volume {
+    fn read_meta(&self, block: u64) -> Result<Arc<[u8]>> {
+        self.read_meta_block(block)
+    }
+
+    fn write_meta(&self, block: u64, data: Vec<u8>) {
+        self.cache.put_dirty(block, Arc::from(data));
+    }
+}
+
+/// The current time as (seconds, nanoseconds) since the epoch.
+pub(crate) fn now() -> (i64, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos())
+}
