@@ -64,6 +64,12 @@ enum Command {
         /// Let the guest kernel cache writes (FUSE_WRITEBACK_CACHE).
         #[arg(long)]
         writeback_cache: bool,
+        /// How reads move access times (the guest's mount options do not reach us).
+        #[arg(long, default_value = "relatime", value_parser = ["relatime", "strictatime", "noatime"])]
+        atime: String,
+        /// Listing a directory never moves its access time.
+        #[arg(long)]
+        nodiratime: bool,
     },
     /// Export IMAGE to a VM as a vhost-user-blk device (the guest runs its own ext4).
     Blk {
@@ -274,8 +280,18 @@ fn main() -> ExitCode {
             thread_pool_size,
             cache_size,
             writeback_cache,
+            atime,
+            nodiratime,
         } => {
             init_logging(&b.log_level);
+            let mut flags = match atime.as_str() {
+                "strictatime" => libc::MS_STRICTATIME,
+                "noatime" => libc::MS_NOATIME,
+                _ => 0,
+            };
+            if nodiratime {
+                flags |= libc::MS_NODIRATIME;
+            }
             vhost_ext4::vhost::run_fs(vhost_ext4::vhost::FsArgs {
                 socket_path: b.socket_path,
                 fd: b.fd,
@@ -287,6 +303,7 @@ fn main() -> ExitCode {
                 queues: b.queues,
                 cache_size,
                 writeback_cache,
+                atime: AtimePolicy::from_mount_flags(flags),
             })
         }
         Command::Blk {

@@ -56,6 +56,8 @@ pub struct FsArgs {
     pub cache_size: u64,
     /// `--writeback-cache`: negotiate FUSE_WRITEBACK_CACHE (the guest caches writes).
     pub writeback_cache: bool,
+    /// `--atime`, `--nodiratime`: how reads move access times (default relatime).
+    pub atime: crate::fs::AtimePolicy,
 }
 
 impl Default for FsArgs {
@@ -71,6 +73,7 @@ impl Default for FsArgs {
             queues: 1,
             cache_size: crate::pagecache::DEFAULT_CACHE_BYTES,
             writeback_cache: false,
+            atime: crate::fs::AtimePolicy::from_mount_flags(0),
         }
     }
 }
@@ -202,9 +205,8 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
     let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, args.cache_size)
         .map_err(|e| format!("cannot mount image {}: {e}", image.display()))?;
     let fs = Arc::new(fs);
-    // The guest's mount options do not reach us: reads move atime as under relatime, the
-    // Linux default.
-    fs.set_atime_policy(crate::fs::AtimePolicy::from_mount_flags(0));
+    // The guest's mount options do not reach us: `--atime` (relatime, the Linux default).
+    fs.set_atime_policy(args.atime);
     if !fs.is_read_only() {
         Fs::start_commit_thread(&fs, std::time::Duration::from_secs(5))
             .map_err(|e| format!("cannot start the commit thread: {e}"))?;
