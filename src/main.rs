@@ -70,6 +70,11 @@ enum Command {
         /// Listing a directory never moves its access time.
         #[arg(long)]
         nodiratime: bool,
+        /// Size of the DAX window (virtio shared memory region 0) offered to a frontend that
+        /// supports the vhost-user SHMEM protocol feature, e.g. 512M or 1G; a multiple of
+        /// 2 MiB, at most four times --cache-size; 0 turns it off.
+        #[arg(long, default_value = "512M", value_parser = vhost_ext4::pagecache::parse_size)]
+        dax_window: u64,
     },
     /// Export IMAGE to a VM as a vhost-user-blk device (the guest runs its own ext4).
     Blk {
@@ -282,6 +287,7 @@ fn main() -> ExitCode {
             writeback_cache,
             atime,
             nodiratime,
+            dax_window,
         } => {
             init_logging(&b.log_level);
             let mut flags = match atime.as_str() {
@@ -293,6 +299,7 @@ fn main() -> ExitCode {
                 flags |= libc::MS_NODIRATIME;
             }
             vhost_ext4::vhost::run_fs(vhost_ext4::vhost::FsArgs {
+                dax_window,
                 socket_path: b.socket_path,
                 fd: b.fd,
                 image: b.image,

@@ -1091,3 +1091,309 @@ fn fs_and_blk_never_serve_one_image_at_once() {
     drop(vmm);
     b.wait().unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark (not a test: ignored; `bash ci/bench-virtio.sh` runs it and prints the table).
+
+/// Large sequential WRITE and READ through `vhost-ext4 fs`, and IN/OUT through `vhost-ext4 blk`,
+/// driven by this frontend with several requests in flight: the daemon's data path (ring,
+/// request parsing, copies between guest memory and the page cache or the image). The binary
+/// is `VHOST_EXT4_BENCH_BIN` (default: the one built here), so an older build can be timed the
+/// same way. Sizes: `VHOST_EXT4_BENCH_MB` MiB (default 256), 1 MiB per request.
+/// Lay out `descs` as a chain in descriptors reserved for request slot `k` of queue `q` and
+/// publish it; the head. (A slot is reused only after its chain completed, so a request that
+/// stays in flight long, behind many others, never has its descriptors overwritten.)
+fn slot_chain(vmm: &mut Vmm, q: usize, k: usize, descs: &[Desc]) -> u16 {
+    let base = (QUEUE_SIZE as usize / 2 + 4 * k) as u16;
+    assert!(descs.len() <= 4 && usize::from(base) + 4 <= QUEUE_SIZE as usize);
+    for (i, d) in descs.iter().enumerate() {
+        let mut flags = if d.write { VRING_DESC_F_WRITE } else { 0 };
+        if i + 1 < descs.len() {
+            flags |= VRING_DESC_F_NEXT;
+        }
+        let i = i as u16;
+        vmm.queues[q].write_desc(&vmm.mem, base + i, d.addr, d.len, flags, base + i + 1);
+    }
+    vmm.queues[q].publish(&vmm.mem, base);
+    base
+}
+
+/// CPU seconds (user + system, all threads) process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / hz
+}
+
+#[test]
+#[ignore]
+fn bench_virtio_data_path() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let bin = std::env::var("VHOST_EXT4_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_vhost-ext4").to_string());
+    let mb: usize = std::env::var("VHOST_EXT4_BENCH_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    const DEPTH: usize = 4;
+    const CHUNK: usize = 1 << 20;
+    // Guest buffers above the harness's own areas: per slot a request/payload area and a reply
+    // area, each a little over 1 MiB.
+    const SLOT_BASE: u64 = 24 << 20;
+    const SLOT: u64 = 2 << 20;
+    let slot_req = |k: usize| SLOT_BASE + 2 * SLOT * k as u64;
+    let slot_reply = |k: usize| slot_req(k) + SLOT;
+    assert!(slot_reply(DEPTH) <= MEM_SIZE as u64);
+
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"").unwrap();
+    let img = dir.path().join("img");
+    mkfs(&tree, &img, (mb * 2 + 256) as u32, &["-b", "4096"]);
+    let sock = dir.path().join("fs.sock");
+    let mut daemon = Command::new(&bin)
+        .args(["fs", "--queues", "1", "--cache-size", "4G", "--socket-path"])
+        .arg(&sock)
+        .arg("--image")
+        .arg(&img)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < TIMEOUT, "no socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut s = Session {
+        vmm: Vmm::connect(&sock, 2, true),
+        unique: 0,
+    };
+    s.init();
+    let (node, _) = s.lookup(ROOT, "f").expect("lookup f");
+    let u = s.next();
+    let mut open = Vec::new();
+    open.extend_from_slice(&(libc::O_RDWR as u32).to_le_bytes());
+    open.extend_from_slice(&0u32.to_le_bytes());
+    let (err, p) = s.call(&msg(OPEN, u, node, &open), OUT_HEADER + 16);
+    assert_eq!(err, 0, "OPEN");
+    let fh = u64_at(&p, 0);
+    let payload = pattern(CHUNK, 7);
+    for k in 0..DEPTH {
+        s.vmm.write(slot_req(k) + 80, &payload);
+    }
+
+    // Keep DEPTH chains in flight on queue 1; `build(k, i)` lays out request i in slot k.
+    let run = |s: &mut Session, build: &dyn Fn(&mut Session, usize, usize) -> Vec<Desc>| {
+        let q = 1;
+        let mut slot_of = std::collections::HashMap::new();
+        let mut next = 0;
+        let mut done = 0;
+        let t = Instant::now();
+        for k in 0..DEPTH.min(mb) {
+            let descs = build(s, k, next);
+            let head = slot_chain(&mut s.vmm, q, k, &descs);
+            slot_of.insert(head, k);
+            next += 1;
+        }
+        s.vmm.kick(q);
+        while done < mb {
+            let (head, len, _) = s.vmm.queues[q].wait_used(&s.vmm.mem);
+            let k = slot_of.remove(&head).expect("a chain we sent");
+            let reply = s.vmm.read(slot_reply(k), OUT_HEADER);
+            assert_eq!(u32_at(&reply, 0), len, "reply length");
+            assert_eq!(u32_at(&reply, 4), 0, "no error");
+            done += 1;
+            if next < mb {
+                let descs = build(s, k, next);
+                let head = slot_chain(&mut s.vmm, q, k, &descs);
+                slot_of.insert(head, k);
+                next += 1;
+                s.vmm.kick(q);
+            }
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let write = |s: &mut Session, k: usize, i: usize| {
+        let u = s.next();
+        let mut b = Vec::new();
+        b.extend_from_slice(&fh.to_le_bytes());
+        b.extend_from_slice(&((i * CHUNK) as u64).to_le_bytes());
+        b.extend_from_slice(&(CHUNK as u32).to_le_bytes());
+        b.extend_from_slice(&[0u8; 20]);
+        let mut m = msg(16, u, node, &b);
+        let total = (m.len() + CHUNK) as u32;
+        m[0..4].copy_from_slice(&total.to_le_bytes());
+        s.vmm.write(slot_req(k), &m);
+        vec![
+            Desc {
+                addr: slot_req(k),
+                len: 80,
+                write: false,
+            },
+            Desc {
+                addr: slot_req(k) + 80,
+                len: CHUNK as u32,
+                write: false,
+            },
+            Desc {
+                addr: slot_reply(k),
+                len: 64,
+                write: true,
+            },
+        ]
+    };
+    let read = |s: &mut Session, k: usize, i: usize| {
+        let u = s.next();
+        let m = read_msg(READ, u, node, fh, (i * CHUNK) as u64, CHUNK as u32);
+        s.vmm.write(slot_req(k), &m);
+        vec![
+            Desc {
+                addr: slot_req(k),
+                len: m.len() as u32,
+                write: false,
+            },
+            Desc {
+                addr: slot_reply(k),
+                len: (OUT_HEADER + CHUNK) as u32,
+                write: true,
+            },
+        ]
+    };
+    let mbs = |secs: f64| mb as f64 / secs;
+    let pid = daemon.id();
+    let timed = |s: &mut Session, f: &dyn Fn(&mut Session, usize, usize) -> Vec<Desc>| {
+        let c = cpu_seconds(pid);
+        let t = run(s, f);
+        (t, cpu_seconds(pid) - c)
+    };
+    let (w1, cw1) = timed(&mut s, &write);
+    let (w2, cw2) = timed(&mut s, &write);
+    let (r1, cr1) = timed(&mut s, &read);
+    let (r2, cr2) = timed(&mut s, &read);
+    let got = s.vmm.read(slot_reply(0) + OUT_HEADER as u64, CHUNK);
+    assert!(got == payload, "READ returns what was written");
+    println!(
+        "bench-virtio fs: WRITE {mb} MiB new {:.0} MB/s ({cw1:.2} s daemon CPU), overwrite {:.0} MB/s ({cw2:.2} s); READ cached {:.0} MB/s ({cr1:.2} s), again {:.0} MB/s ({cr2:.2} s)",
+        mbs(w1),
+        mbs(w2),
+        mbs(r1),
+        mbs(r2)
+    );
+    drop(s);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    // blk: the same sizes as IN/OUT on a raw image (in the host's page cache after the first
+    // pass).
+    let raw = dir.path().join("raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len((mb * CHUNK) as u64)
+        .unwrap();
+    let sock = dir.path().join("blk.sock");
+    let mut daemon = Command::new(&bin)
+        .args(["blk", "--queues", "1", "--socket-path"])
+        .arg(&sock)
+        .arg("--image")
+        .arg(&raw)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < TIMEOUT, "no socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut vmm = Vmm::connect(&sock, 1, true);
+    for k in 0..DEPTH {
+        vmm.write(slot_req(k) + 16, &payload);
+    }
+    let blk_run = |vmm: &mut Vmm, kind: u32| {
+        let lay = |vmm: &mut Vmm, k: usize, i: usize| {
+            let mut h = Vec::new();
+            h.extend_from_slice(&kind.to_le_bytes());
+            h.extend_from_slice(&0u32.to_le_bytes());
+            h.extend_from_slice(&((i * CHUNK / 512) as u64).to_le_bytes());
+            vmm.write(slot_req(k), &h);
+            let descs = if kind == T_OUT {
+                vec![
+                    Desc {
+                        addr: slot_req(k),
+                        len: 16 + CHUNK as u32,
+                        write: false,
+                    },
+                    Desc {
+                        addr: slot_reply(k),
+                        len: 1,
+                        write: true,
+                    },
+                ]
+            } else {
+                vec![
+                    Desc {
+                        addr: slot_req(k),
+                        len: 16,
+                        write: false,
+                    },
+                    Desc {
+                        addr: slot_reply(k),
+                        len: CHUNK as u32 + 1,
+                        write: true,
+                    },
+                ]
+            };
+            slot_chain(vmm, 0, k, &descs)
+        };
+        let mut slot_of = std::collections::HashMap::new();
+        let (mut next, mut done) = (0, 0);
+        let t = Instant::now();
+        for k in 0..DEPTH.min(mb) {
+            slot_of.insert(lay(vmm, k, next), k);
+            next += 1;
+        }
+        vmm.kick(0);
+        while done < mb {
+            let (head, _, _) = vmm.queues[0].wait_used(&vmm.mem);
+            let k = slot_of.remove(&head).expect("a chain we sent");
+            let status_at = slot_reply(k) + if kind == T_OUT { 0 } else { CHUNK as u64 };
+            assert_eq!(vmm.read(status_at, 1)[0], S_OK, "blk status");
+            done += 1;
+            if next < mb {
+                slot_of.insert(lay(vmm, k, next), k);
+                next += 1;
+                vmm.kick(0);
+            }
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let pid = daemon.id();
+    let timed = |vmm: &mut Vmm, kind: u32| {
+        let c = cpu_seconds(pid);
+        let t = blk_run(vmm, kind);
+        (t, cpu_seconds(pid) - c)
+    };
+    let (bw1, cbw1) = timed(&mut vmm, T_OUT);
+    let (bw2, cbw2) = timed(&mut vmm, T_OUT);
+    let (br1, cbr1) = timed(&mut vmm, T_IN);
+    let (br2, cbr2) = timed(&mut vmm, T_IN);
+    println!(
+        "bench-virtio blk: OUT {mb} MiB {:.0} MB/s ({cbw1:.2} s daemon CPU), again {:.0} MB/s ({cbw2:.2} s); IN {:.0} MB/s ({cbr1:.2} s), again {:.0} MB/s ({cbr2:.2} s)",
+        mbs(bw1),
+        mbs(bw2),
+        mbs(br1),
+        mbs(br2)
+    );
+    drop(vmm);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

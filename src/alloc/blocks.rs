@@ -77,7 +77,8 @@ impl Allocator {
     /// Like [`Allocator::alloc_blocks`], for file data: blocks freed by a transaction that has
     /// not committed yet are skipped (see `busy`). ENOSPC may mean only busy blocks are left: a
     /// commit frees them. `reserved` blocks of the request were reserved by delayed allocation
-    /// (the caller releases what it gets of them); the rest must come from unreserved space.
+    /// (the caller releases what it gets of them); the rest must come from unreserved space
+    /// outside the metadata pool.
     pub fn alloc_data_blocks(
         &self,
         io: &dyn MetaIo,
@@ -85,7 +86,9 @@ impl Allocator {
         want: u32,
         reserved: u32,
     ) -> Result<(u64, u32)> {
-        let room = self.unreserved_free() + reserved as u64;
+        // Unreserved data leaves the metadata pool alone: writeback of reserved data may need
+        // it for extent tree blocks.
+        let room = self.unreserved_free().saturating_sub(self.metadata_pool()) + reserved as u64;
         if room == 0 {
             return Err(Errno::ENOSPC);
         }

@@ -178,6 +178,11 @@ impl Allocator {
         self.busy().blocks()
     }
 
+    /// Was `block` freed by a transaction not committed yet?
+    pub fn is_busy(&self, block: u64) -> bool {
+        self.busy().first_overlap(block, block + 1).is_some()
+    }
+
     /// Directories counted over all groups.
     pub fn used_dirs(&self) -> u64 {
         self.lock().iter().map(|d| d.used_dirs_count as u64).sum()

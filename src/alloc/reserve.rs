@@ -44,6 +44,13 @@ impl Allocator {
         self.reserved.load(Ordering::Acquire)
     }
 
+    /// Blocks kept free beside the delalloc reservations for the metadata writeback allocates
+    /// (2% of the file system, at most 4096 blocks; the kernel's s_resv_clusters). Data that
+    /// was not reserved never takes them.
+    pub fn metadata_pool(&self) -> u64 {
+        (self.geo.blocks_count / 50).min(4096)
+    }
+
     /// Free blocks not promised to delayed allocation: what other allocations may take.
     pub fn unreserved_free(&self) -> u64 {
         self.free_counts().0.saturating_sub(self.reserved())

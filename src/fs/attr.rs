@@ -41,6 +41,7 @@ impl Fs {
             },
             blksize: self.block_size,
             generation: i.generation,
+            dax: i.has_flag(flags::DAX),
         }
     }
 }

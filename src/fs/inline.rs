@@ -347,7 +347,7 @@ impl Fs {
                 .alloc
                 .geo
                 .group_first_block(((ino - 1) / self.sb.inodes_per_group as u64) as u32);
-            let pblk = self.map_new_block(ino, &mut n, 0, goal)?;
+            let pblk = self.map_new_data_block(ino, &mut n, 0, goal, 0)?;
             placed = Some(pblk);
             let mut buf = self.new_block_buf();
             buf[..data.len()].copy_from_slice(&data);

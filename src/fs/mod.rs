@@ -24,8 +24,8 @@ mod xattr;
 
 pub use atime::{AtimeMode, AtimePolicy};
 pub use data::{
-    FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
-    FALLOC_FL_ZERO_RANGE, KILL_SUIDGID,
+    DaxRevoker, FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, KILL_SUIDGID, ReadSink, Revoked, WriteSource,
 };
 pub use types::*;
 
@@ -93,5 +93,7 @@ mod status_tests;
 mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
+#[cfg(test)]
+mod truncate_steps_tests;
 #[cfg(test)]
 mod write_tests;

@@ -376,6 +376,12 @@ impl Fs {
     }
 
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        let r = self.rmdir_locked(parent, name);
+        self.reap_deferred();
+        r
+    }
+
+    fn rmdir_locked(&self, parent: Ino, name: &[u8]) -> Result<()> {
         self.writable()?;
         if name == b"." {
             return Err(Errno::EINVAL);
@@ -656,7 +662,30 @@ impl Fs {
                 self.truncate_data(ino, d, size)?;
             }
         }
-        let r = self.setattr_locked(ino, s, old_size);
+        // A shrink whose blocks outgrow one transaction: the inode goes on the orphan list with
+        // its new size, the blocks go in steps, and setattr_locked frees the rest and takes the
+        // inode off the list (a crash in between is finished by the next mount).
+        let mut orphaned = false;
+        if let (Some(_), Some(size), Some(old)) = (&data, s.size, old_size)
+            && size < old
+        {
+            let keep = size.div_ceil(self.block_size as u64);
+            let big = {
+                let _g = self.ns_read();
+                let i = self.read_inode(ino)?;
+                !i.has_flag(flags::INLINE_DATA) && self.needs_steps(ino, &i, keep)?
+            };
+            if big {
+                {
+                    let _g = self.ns_write();
+                    let mut i = self.read_inode(ino)?;
+                    self.orphan_add(ino, &mut i)?;
+                }
+                orphaned = true;
+                self.free_blocks_in_steps(ino, keep)?;
+            }
+        }
+        let r = self.setattr_locked(ino, s, old_size, orphaned);
         if r.is_err()
             && let (Some(d), Some(old)) = (&data, old_sizes)
         {
@@ -666,9 +695,19 @@ impl Fs {
         r
     }
 
-    fn setattr_locked(&self, ino: Ino, s: &SetAttr, old_size: Option<u64>) -> Result<Attr> {
+    fn setattr_locked(
+        &self,
+        ino: Ino,
+        s: &SetAttr,
+        old_size: Option<u64>,
+        orphaned: bool,
+    ) -> Result<Attr> {
         let _g = self.ns_write();
         let mut i = self.read_inode(ino)?;
+        if orphaned {
+            self.orphan_del(ino, &i)?;
+            i.dtime = 0;
+        }
         if let Some(old) = old_size {
             // The in-core size already moved; the block map still covers the old one.
             i.size = old;
@@ -770,7 +809,8 @@ impl Fs {
         let referenced = self.lookup_count(ino) > 0;
         // A file with cached data is freed after the namespace lock is released, under its own
         // rw lock (writeback may be using it): orphaned now, reaped by `reap_deferred`.
-        let has_data = self.data_if_cached(ino).is_some();
+        // So is a file whose blocks take more than one transaction to free.
+        let has_data = self.data_if_cached(ino).is_some() || self.needs_steps(ino, i, 0)?;
         if has_data && !referenced {
             self.defer_reap(ino);
         }

@@ -74,6 +74,30 @@ impl Fs {
         Ok(())
     }
 
+    /// Free `ino`'s blocks from logical block `keep` on in as many transactions as the map
+    /// needs, from the end down, leaving at most one step's worth for the caller's own handle
+    /// (see `inode::truncate_steps`). The inode must already survive a crash between two steps:
+    /// it is on the orphan list. The caller holds the file's rw lock when it has one.
+    pub(super) fn free_blocks_in_steps(&self, ino: Ino, keep: u64) -> Result<()> {
+        let cuts = {
+            let _g = self.ns_read();
+            let i = self.read_inode(ino)?;
+            self.truncate_steps(ino, &i, keep)?
+        };
+        for cut in cuts {
+            let _h = self.start_handle(self.truncate_step_credits());
+            let mut i = self.read_inode(ino)?;
+            self.truncate_blocks(ino, &mut i, cut)?;
+            self.store_inode(ino, &i)?;
+        }
+        Ok(())
+    }
+
+    /// Would freeing `ino`'s blocks from `keep` on outgrow one transaction?
+    pub(super) fn needs_steps(&self, ino: Ino, i: &Inode, keep: u64) -> Result<bool> {
+        Ok(!self.truncate_steps(ino, i, keep)?.is_empty())
+    }
+
     /// The client dropped its last reference to an unlinked inode: free it.
     pub(super) fn reap_if_orphan(&self, ino: Ino) {
         self.linkable
@@ -92,6 +116,9 @@ impl Fs {
         // while it is freed.
         let data = self.data_if_cached(ino);
         let _w = data.as_ref().map(|d| d.write_lock());
+        if let Err(e) = self.free_blocks_in_steps(ino, 0) {
+            log::error!("freeing the blocks of unlinked inode {ino} failed: {e}");
+        }
         let _g = self.ns_write();
         let r = self.read_inode(ino).and_then(|mut i| {
             self.orphan_del(ino, &i)?;
@@ -107,26 +134,36 @@ impl Fs {
     /// At a writable mount: finish what a crash interrupted. Inodes on the orphan list with no
     /// links left are freed; linked ones (an interrupted truncate) lose their blocks past i_size.
     pub(super) fn process_orphans(&self) -> Result<()> {
-        let _g = self.ns_write();
-        let mut next = self
-            .sb_live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_orphan as Ino;
         let mut done = 0u32;
-        while next != 0 {
-            if done >= self.sb.inodes_count {
+        loop {
+            if done > self.sb.inodes_count {
                 return Err(crate::corrupt!("the orphan list loops"));
             }
-            let ino = next;
+            let ino = self
+                .sb_live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_orphan as Ino;
+            if ino == 0 {
+                break;
+            }
+            // A big map is freed in steps first, the inode still heading the list.
+            let keep = {
+                let _g = self.ns_read();
+                let i = self.read_inode(ino)?;
+                if i.links_count == 0 {
+                    0
+                } else {
+                    i.size.div_ceil(self.block_size as u64)
+                }
+            };
+            self.free_blocks_in_steps(ino, keep)?;
+            let _g = self.ns_write();
             let mut i = self.read_inode(ino)?;
-            next = i.dtime as Ino;
             self.orphan_del(ino, &i)?;
             if i.links_count == 0 {
                 self.free_inode(ino, &mut i)?;
             } else {
-                let bs = self.block_size as u64;
-                let keep = i.size.div_ceil(bs);
                 self.truncate_blocks(ino, &mut i, keep)?;
                 i.dtime = 0;
                 self.store_inode(ino, &i)?;

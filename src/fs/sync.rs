@@ -25,6 +25,10 @@ impl Fs {
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .collect();
+        // A big map is freed in steps first, each its own transaction.
+        for ino in &pending {
+            self.free_blocks_in_steps(*ino, 0)?;
+        }
         let free_orphans = || {
             for ino in pending {
                 let mut i = self.read_inode(ino)?;

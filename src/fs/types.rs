@@ -32,6 +32,9 @@ pub struct Attr {
     pub rdev: u32,
     pub blksize: u32,
     pub generation: u32,
+    /// The inode's DAX flag (`chattr +x`): a guest mounted with `dax=inode` maps it through
+    /// the DAX window.
+    pub dax: bool,
 }
 
 /// One directory entry as readdir returns it.

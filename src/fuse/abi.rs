@@ -228,6 +228,8 @@ pub const READ_LOCKOWNER: u32 = 1 << 1;
 pub const FSYNC_FDATASYNC: u32 = 1 << 0;
 pub const OPEN_KILL_SUIDGID: u32 = 1 << 0;
 pub const SETXATTR_ACL_KILL_SGID: u32 = 1 << 0;
+/// `fuse_attr.flags`: the file should be mapped through the DAX window (`dax=inode`).
+pub const ATTR_DAX: u32 = 1 << 1;
 pub const SETUPMAPPING_FLAG_WRITE: u64 = 1 << 0;
 pub const SETUPMAPPING_FLAG_READ: u64 = 1 << 1;
 /// Set in `fuse_in_header.unique` when the kernel resends a request.

@@ -8,6 +8,7 @@
 
 use super::abi;
 use super::dispatch::Dispatcher;
+use super::io::{FdReply, ReplySink};
 use log::{debug, error, info, warn};
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -262,16 +263,6 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is a valid readable region of `buf.len()` bytes for the duration of the call.
-    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 /// One worker: read a request, dispatch it, write the reply; until the connection goes away.
 fn worker(fd: RawFd, d: &Dispatcher, bufsize: usize) -> io::Result<()> {
     let mut buf = vec![0u8; bufsize];
@@ -290,34 +281,18 @@ fn worker(fd: RawFd, d: &Dispatcher, bufsize: usize) -> io::Result<()> {
             },
         };
         // A bug that panics in one request must not leave the kernel waiting for its reply
-        // forever (the mount would hang): answer it EIO and go on.
+        // forever (the mount would hang): answer it EIO and go on. (The reply is sent straight
+        // from the page cache for a READ, by one writev; a WRITE's payload is copied from this
+        // buffer into the page cache.)
         let req = &buf[..n];
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.dispatch(req)))
-            .unwrap_or_else(|_| {
-                let unique = super::abi::InHeader::decode(req).map_or(0, |h| h.unique);
-                error!("fuse: request {unique} panicked; answered EIO");
-                Some(super::reply::error(unique, crate::errno::Errno::EIO))
-            });
-        if let Some(reply) = out {
-            write_reply(fd, &reply);
-        }
-    }
-}
-
-fn write_reply(fd: RawFd, reply: &[u8]) {
-    loop {
-        match write_fd(fd, reply) {
-            Ok(_) => return,
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
-                // The request was interrupted and the kernel no longer waits for it; or the
-                // connection is gone, which the next read reports.
-                Some(libc::ENOENT) | Some(libc::ENODEV) => return,
-                _ => {
-                    error!("fuse: the kernel refused a {}-byte reply: {e}", reply.len());
-                    return;
-                }
-            },
+        let mut sink = FdReply::new(fd);
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            d.dispatch_to(req, None, &mut sink)
+        }));
+        if done.is_err() {
+            let unique = super::abi::InHeader::decode(req).map_or(0, |h| h.unique);
+            error!("fuse: request {unique} panicked; answered EIO");
+            sink.send(&super::reply::error(unique, crate::errno::Errno::EIO));
         }
     }
 }

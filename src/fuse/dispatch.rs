@@ -1,15 +1,19 @@
-//! The dispatcher: one complete request message in, one complete reply message out. It negotiates
-//! INIT, maps FUSE node ids onto ext4 inode numbers (FUSE root 1 ↔ ext4 inode 2, every other node
-//! id is the inode number), and answers every opcode through `crate::fs::Fs`. It knows nothing of
-//! the transport: `/dev/fuse` and the vhost-user-fs queues both call [`Dispatcher::dispatch`] from
-//! many threads at once.
+//! The dispatcher: one request in, its reply out through a [`ReplySink`]. It negotiates INIT,
+//! maps FUSE node ids onto ext4 inode numbers (FUSE root 1 ↔ ext4 inode 2, every other node id is
+//! the inode number), and answers every opcode through `crate::fs::Fs`. It knows nothing of the
+//! transport: `/dev/fuse` and the vhost-user-fs queues both call [`Dispatcher::dispatch_to`] from
+//! many threads at once, each with its own sink (and, for a virtio WRITE, a payload reader over
+//! the guest's buffers), so READ and WRITE data is copied once (see `fuse/io.rs`).
 
 use super::abi::{self, init_flags, opcode};
 use super::caller::{self, Caller};
+use super::io::ReplySink;
 use super::reply;
 use super::request::{self, Op, ParseConfig};
 use crate::errno::Errno;
-use crate::fs::{Attr, Ctx, DirEntry, Fs, Ino, ROOT_INO, SetAttr, TimeSet, Timespec};
+use crate::fs::{
+    Attr, Ctx, DirEntry, Fs, Ino, ROOT_INO, ReadSink, SetAttr, TimeSet, Timespec, WriteSource,
+};
 use log::{debug, error, info, trace, warn};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -116,6 +120,9 @@ const WANTED_INIT_FLAGS: u64 = init_flags::ASYNC_READ
     | init_flags::CACHE_SYMLINKS
     | init_flags::INIT_EXT;
 
+/// log2 of the window alignment we announce with FUSE_MAP_ALIGNMENT (4 KiB pages).
+pub const DAX_MAP_ALIGNMENT_LOG2: u16 = 12;
+
 /// `open_flags` of OPEN and CREATE replies for a regular file.
 /// * `KEEP_CACHE`: file data changes only through this client's own requests, so the kernel's
 ///   page cache stays valid across opens — except when a read would move atime (see
@@ -154,6 +161,8 @@ pub struct Dispatcher {
     flags: AtomicU64,
     /// Serializes INIT and DESTROY.
     state: Mutex<()>,
+    /// The DAX window, when the transport has one.
+    dax: std::sync::OnceLock<Arc<dyn super::DaxWindow>>,
 }
 
 impl Dispatcher {
@@ -166,7 +175,20 @@ impl Dispatcher {
             minor: AtomicU32::new(0),
             flags: AtomicU64::new(0),
             state: Mutex::new(()),
+            dax: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Serve SETUPMAPPING / REMOVEMAPPING through `window` (set once, before the first INIT).
+    pub fn set_dax_window(&self, window: Arc<dyn super::DaxWindow>) {
+        if self.dax.set(window).is_err() {
+            warn!("fuse: a DAX window was set twice; keeping the first");
+        }
+    }
+
+    /// The DAX window, when it is usable.
+    fn dax_window(&self) -> Option<&Arc<dyn super::DaxWindow>> {
+        self.dax.get().filter(|w| w.active())
     }
 
     /// True once DESTROY was handled (until a new INIT starts another session).
@@ -210,21 +232,35 @@ impl Dispatcher {
     /// Handle one complete request message; return the complete reply message (out header
     /// included, its len field set), or None when the opcode takes no reply (FORGET,
     /// BATCH_FORGET, INTERRUPT, NOTIFY_REPLY) or the message is too short to answer at all.
+    /// (An adapter over [`Dispatcher::dispatch_to`] for tests and simple transports.)
     pub fn dispatch(&self, request: &[u8]) -> Option<Vec<u8>> {
-        let header = match request::parse_header(request) {
+        let mut out = Vec::new();
+        self.dispatch_to(request, None, &mut out);
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// Handle one request and send its reply, if it takes one, to `sink`. `msg` is the whole
+    /// message, except for a WRITE whose payload the transport leaves in place: then `msg` is
+    /// its head (in header and `fuse_write_in`, see [`request::WRITE_HEAD_SIZE`]) and `payload`
+    /// holds the data, which is copied from there straight into the page cache. A READ's data
+    /// goes from the page cache straight into `sink`.
+    pub fn dispatch_to(
+        &self,
+        msg: &[u8],
+        payload: Option<&mut dyn WriteSource>,
+        sink: &mut dyn ReplySink,
+    ) {
+        let header = match request::parse_header(msg) {
             Ok(h) => h,
             Err(e) => {
-                warn!(
-                    "fuse: dropping a {}-byte message: {}",
-                    request.len(),
-                    e.reason
-                );
-                return None;
+                warn!("fuse: dropping a {}-byte message: {}", msg.len(), e.reason);
+                return;
             }
         };
         let unique = header.unique;
         let no_reply = request::is_no_reply(header.opcode);
-        let result = self.handle(&header, request);
+        let mut out = Replier { sink, sent: false };
+        let result = self.handle(&header, msg, payload, &mut out);
         if let Err(e) = &result {
             // Corrupt metadata counts against the file system (its s_errors policy applies).
             self.fs.note_error(*e);
@@ -236,23 +272,32 @@ impl Dispatcher {
                     abi::opcode_name(header.opcode)
                 );
             }
-            return None;
+            return;
         }
         match result {
-            Ok(Some(r)) => Some(r),
-            Ok(None) => None,
+            Ok(Some(r)) => out.sink.send(&r),
+            Ok(None) => {}
             Err(e) => {
                 trace!(
                     "fuse: {} (unique {unique}, node {}) -> {e:?}",
                     abi::opcode_name(header.opcode),
                     header.nodeid
                 );
-                Some(reply::error(unique, e))
+                if !out.sent {
+                    out.sink.send(&reply::error(unique, e));
+                }
             }
         }
     }
 
-    fn handle(&self, h: &abi::InHeader, msg: &[u8]) -> Handled {
+    /// Ok(None) also when the reply was sent already (a READ's data reply).
+    fn handle(
+        &self,
+        h: &abi::InHeader,
+        msg: &[u8],
+        payload: Option<&mut dyn WriteSource>,
+        out: &mut Replier<'_>,
+    ) -> Handled {
         if h.opcode != opcode::INIT && !self.initialized.load(Ordering::Acquire) {
             debug!("fuse: {} before INIT: EIO", abi::opcode_name(h.opcode));
             return Err(Errno::EIO);
@@ -260,7 +305,11 @@ impl Dispatcher {
         let cfg = ParseConfig {
             setxattr_ext: self.flags.load(Ordering::Acquire) & init_flags::SETXATTR_EXT != 0,
         };
-        let req = request::parse(msg, &cfg).map_err(|e| {
+        let parsed = match &payload {
+            Some(p) => request::parse_write_head(msg, p.len()),
+            None => request::parse(msg, &cfg),
+        };
+        let req = parsed.map_err(|e| {
             warn!(
                 "fuse: malformed {} request (unique {}): {}",
                 abi::opcode_name(h.opcode),
@@ -336,13 +385,10 @@ impl Dispatcher {
             }
             Op::Read(r) => {
                 let size = (r.size as usize).min(self.max_read());
-                // The data goes from the page cache straight into the reply.
-                let mut res = Ok(());
-                let reply = reply::build(unique, size, |v| {
-                    res = fs.read_into(ino, r.fh, r.offset, size as u32, v);
-                });
-                res?;
-                Ok(Some(reply))
+                // The data goes from the page cache straight into the reply's destination.
+                let mut data = DataReply { out, unique };
+                fs.read_to(ino, r.fh, r.offset, size as u32, &mut data)?;
+                Ok(None)
             }
             Op::Statfs => {
                 let s = reply::kstatfs(&fs.statfs()?);
@@ -422,7 +468,7 @@ impl Dispatcher {
             | Op::CopyFileRange(_)
             | Op::CopyFileRange64(_)
             | Op::Tmpfile { .. } => {
-                let r = self.mutation(h, &req.op)?;
+                let r = self.mutation(h, &req.op, payload)?;
                 if self.opts.sync_changes {
                     match &req.op {
                         // Data changes reach the disk too (O_SYNC semantics).
@@ -436,8 +482,21 @@ impl Dispatcher {
                 Ok(r)
             }
 
-            // DAX window: not yet.
-            Op::SetupMapping(_) | Op::RemoveMapping(_) => Err(Errno::ENOSYS),
+            // The DAX window (ENOSYS without one, as the kernel expects).
+            Op::SetupMapping(arg) => {
+                let w = self.dax_window().ok_or(Errno::ENOSYS)?;
+                let write = arg.flags & abi::SETUPMAPPING_FLAG_WRITE != 0;
+                if write && fs.is_read_only() {
+                    return Err(Errno::EROFS);
+                }
+                w.setup(ino, arg)?;
+                Ok(Some(reply::empty(unique)))
+            }
+            Op::RemoveMapping(list) => {
+                let w = self.dax_window().ok_or(Errno::ENOSYS)?;
+                w.remove(list)?;
+                Ok(Some(reply::empty(unique)))
+            }
             // ENOSYS makes the kernel fall back: local locks, no bmap, no ioctl, default poll.
             Op::Getlk(_)
             | Op::Setlk(_)
@@ -456,7 +515,12 @@ impl Dispatcher {
     // Every opcode that changes the file system comes through here. They are answered EROFS on a
     // read-only file system; wiring them to the engine's mutations is the next issue, and each
     // arm below is where that goes.
-    fn mutation(&self, h: &abi::InHeader, op: &Op<'_>) -> Handled {
+    fn mutation(
+        &self,
+        h: &abi::InHeader,
+        op: &Op<'_>,
+        payload: Option<&mut dyn WriteSource>,
+    ) -> Handled {
         if self.fs.is_read_only() {
             return Err(Errno::EROFS);
         }
@@ -556,7 +620,16 @@ impl Dispatcher {
                 } else {
                     0
                 };
-                let n = fs.write(ino, arg.offset, data, kill)?;
+                let n = match payload {
+                    Some(src) => {
+                        let n = fs.write_from(ino, arg.offset, src, kill)?;
+                        if src.failed() {
+                            return Err(Errno::EIO);
+                        }
+                        n
+                    }
+                    None => fs.write(ino, arg.offset, data, kill)?,
+                };
                 let out = abi::WriteOut {
                     size: n,
                     padding: 0,
@@ -618,6 +691,10 @@ impl Dispatcher {
             self.fs.forget_all();
             self.initialized.store(false, Ordering::Release);
         }
+        if let Some(w) = self.dax.get() {
+            // A new session knows none of the old one's mappings.
+            w.reset();
+        }
         if arg.major > abi::KERNEL_VERSION {
             // The kernel speaks a newer major: tell it ours and wait for a new INIT.
             info!(
@@ -653,6 +730,14 @@ impl Dispatcher {
         } else {
             WANTED_INIT_FLAGS
         };
+        // DAX: 4 KiB window alignment (a mapping is any page-aligned part of a 2 MiB chunk), and
+        // per-inode DAX (`dax=inode`) from the ext4 inode's DAX flag.
+        let dax = self.dax_window().is_some();
+        let wanted = if dax {
+            wanted | init_flags::MAP_ALIGNMENT | init_flags::HAS_INODE_DAX
+        } else {
+            wanted
+        };
         let mut flags = arg.flags & wanted;
         if flags & init_flags::INIT_EXT == 0 {
             // Without INIT_EXT there is no flags2 word.
@@ -672,7 +757,11 @@ impl Dispatcher {
             } else {
                 0
             },
-            map_alignment: 0,
+            map_alignment: if flags & init_flags::MAP_ALIGNMENT != 0 {
+                DAX_MAP_ALIGNMENT_LOG2
+            } else {
+                0
+            },
             max_stack_depth: 0,
             request_timeout: 0,
         };
@@ -842,6 +931,32 @@ impl Dispatcher {
             debug_assert!(ok, "sized before packing");
         }
         Ok(reply::bytes(unique, &buf.into_bytes()))
+    }
+}
+
+/// The reply side of one request: whether something was sent already.
+struct Replier<'a> {
+    sink: &'a mut dyn ReplySink,
+    sent: bool,
+}
+
+/// A READ's data reply: the engine hands the data over once, as slices of the page cache.
+struct DataReply<'r, 'a> {
+    out: &'r mut Replier<'a>,
+    unique: u64,
+}
+
+impl ReadSink for DataReply<'_, '_> {
+    fn put(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
+        if self.out.sink.send_data(self.unique, parts) {
+            self.out.sent = true;
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "the reply does not fit the reply buffer",
+            ))
+        }
     }
 }
 

@@ -3,13 +3,16 @@
 
 pub mod abi;
 pub mod caller;
+pub mod dax;
 pub mod devfuse;
 pub mod dispatch;
+pub mod io;
 pub mod mountwatch;
 pub mod options;
 pub mod permission;
 pub mod reply;
 pub mod request;
 
+pub use dax::DaxWindow;
 pub use devfuse::{DevFuse, MountConfig, mount, unmount};
 pub use dispatch::{DispatchOptions, Dispatcher, Transport};

@@ -78,7 +78,7 @@ pub fn fuse_attr(a: &Attr) -> FuseAttr {
         gid: a.gid,
         rdev: a.rdev,
         blksize: a.blksize,
-        flags: 0,
+        flags: if a.dax { abi::ATTR_DAX } else { 0 },
     }
 }
 
@@ -345,6 +345,7 @@ mod tests {
             rdev: 0,
             blksize: 4096,
             generation: 99,
+            dax: false,
         }
     }
 

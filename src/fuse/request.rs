@@ -185,6 +185,33 @@ pub fn parse<'a>(buf: &'a [u8], cfg: &ParseConfig) -> Result<Request<'a>, ParseE
     })
 }
 
+/// Bytes of a WRITE message before its payload: the in header and `fuse_write_in`.
+pub const WRITE_HEAD_SIZE: usize = abi::InHeader::SIZE + abi::WriteIn::SIZE;
+
+/// Decode the head of a WRITE whose payload a transport keeps in place (a guest's buffers):
+/// `buf` is the in header and `fuse_write_in`, and `payload_len` bytes of data follow in the
+/// message, then its extensions. The op's `data` is empty; the payload goes to the engine
+/// from where it is.
+pub fn parse_write_head<'a>(buf: &'a [u8], payload_len: usize) -> Result<Request<'a>, ParseError> {
+    let header = parse_header(buf)?;
+    if header.opcode != opcode::WRITE || buf.len() != WRITE_HEAD_SIZE {
+        return Err(bad("not the head of a WRITE"));
+    }
+    let ext_len = usize::from(header.total_extlen) * 8;
+    if header.len as usize != WRITE_HEAD_SIZE + payload_len + ext_len {
+        return Err(bad("length field disagrees with the message size"));
+    }
+    let arg = abi::WriteIn::decode(&buf[abi::InHeader::SIZE..]).ok_or(bad("truncated WriteIn"))?;
+    if arg.size as usize != payload_len {
+        return Err(bad("write size disagrees with the data length"));
+    }
+    Ok(Request {
+        header,
+        op: Op::Write { arg, data: &[] },
+        extensions: &[],
+    })
+}
+
 /// A reader over the request body with the helpers every opcode needs.
 struct Body<'a> {
     c: Cursor<'a>,

@@ -76,7 +76,30 @@ pub(crate) fn now() -> (i64, u32) {
     (d.as_secs() as i64, d.subsec_nanos())
 }
 
+/// What a newly mapped block will hold, which decides where it may come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BlockUse {
+    /// Metadata (directory, symlink blocks): written through the journal, so a block freed
+    /// by the running transaction may be reused at once; may use the metadata reserve.
+    Meta,
+    /// File data written straight to the device: never a block freed by an uncommitted
+    /// transaction, never the metadata pool; `reserved` blocks of it were reserved by delayed
+    /// allocation (the caller released them just before).
+    Data { reserved: u32 },
+}
+
 impl Volume {
+    /// Allocate up to `want` contiguous blocks near `goal` for `usage`.
+    pub(crate) fn alloc_for(&self, usage: BlockUse, goal: u64, want: u32) -> Result<(u64, u32)> {
+        match usage {
+            BlockUse::Meta => self.alloc.alloc_blocks(self, goal, want),
+            BlockUse::Data { reserved } => {
+                self.alloc
+                    .alloc_data_blocks(self, goal, want, reserved.min(want))
+            }
+        }
+    }
+
     /// Write an in-core inode back into its inode table block (in the running transaction).
     pub(crate) fn store_inode(&self, ino: Ino, inode: &Inode) -> Result<()> {
         let (block, off) = self.inode_location(ino)?;
@@ -143,7 +166,25 @@ impl Volume {
         lblk: u32,
         goal: u64,
     ) -> Result<u64> {
-        let r = self.map_new_block_inner(ino, inode, lblk, goal);
+        let r = self.map_new_block_inner(ino, inode, lblk, goal, BlockUse::Meta);
+        self.es.forget_mapped(ino);
+        r
+    }
+
+    /// [`map_new_block`](Self::map_new_block) for a block that gets file data written straight
+    /// to the device (an inline-data conversion, ext3-style writeback): it never reuses a block
+    /// freed by a transaction that has not committed yet (`alloc::busy`), and it comes from
+    /// unreserved space (or the `reserved` delalloc blocks the caller just released). ENOSPC
+    /// may mean only such blocks are left: a commit frees them.
+    pub(crate) fn map_new_data_block(
+        &self,
+        ino: Ino,
+        inode: &mut Inode,
+        lblk: u32,
+        goal: u64,
+        reserved: u32,
+    ) -> Result<u64> {
+        let r = self.map_new_block_inner(ino, inode, lblk, goal, BlockUse::Data { reserved });
         self.es.forget_mapped(ino);
         r
     }
@@ -154,17 +195,18 @@ impl Volume {
         inode: &mut Inode,
         lblk: u32,
         goal: u64,
+        usage: BlockUse,
     ) -> Result<u64> {
         if inode.has_flag(flags::INLINE_DATA) {
             log::warn!("inode {ino} keeps its data inline; mapping blocks to it is not supported");
             return Err(Errno::EOPNOTSUPP);
         }
         if !inode.has_flag(flags::EXTENTS) {
-            let (pblk, gained) = self.ind_map_new(ino, inode, lblk as u64, goal)?;
+            let (pblk, gained) = self.ind_map_new(ino, inode, lblk as u64, goal, usage)?;
             self.adjust_blocks(inode, gained);
             return Ok(pblk);
         }
-        let (pblk, _) = self.alloc.alloc_blocks(self, goal, 1)?;
+        let (pblk, _) = self.alloc_for(usage, goal, 1)?;
         let io = NodeIo::new(self, ino, inode);
         let mut root = inode.block;
         let r = ExtentTree::new(&mut root, &io, self.block_size, ino).insert(Extent {

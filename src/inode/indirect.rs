@@ -10,6 +10,7 @@
 //! own short internal locks below it.
 
 use crate::errno::{Errno, Result};
+use crate::inode::blocks::BlockUse;
 use crate::ondisk::inode::Inode;
 use crate::ondisk::le::{put_u32, u32_at};
 use crate::ondisk::superblock::ro_compat;
@@ -108,13 +109,15 @@ impl Volume {
 
     /// Allocate one data block at `lblk` of an indirect-mapped inode (a hole), with any missing
     /// indirect blocks above it. `goal` 0 picks one near the previous pointer, like ext3.
-    /// Returns (data block, blocks the inode gained, including new indirect blocks).
+    /// Returns (data block, blocks the inode gained, including new indirect blocks). `usage`
+    /// applies to the data block; new indirect blocks are metadata.
     pub(crate) fn ind_map_new(
         &self,
         ino: Ino,
         inode: &mut Inode,
         lblk: u64,
         goal: u64,
+        usage: BlockUse,
     ) -> Result<(u64, i64)> {
         let Some(path) = ind_path(self.ind_apb(), lblk) else {
             log::warn!("inode {ino}: logical block {lblk} is beyond what an indirect map reaches");
@@ -153,7 +156,13 @@ impl Volume {
         let mut got: Vec<u64> = Vec::with_capacity(need);
         while got.len() < need {
             let g = got.last().map_or(goal, |b| b + 1);
-            let r = self.alloc.alloc_blocks(self, g, (need - got.len()) as u32);
+            // The indirect levels are metadata (journaled); the last block takes the data.
+            let (class, want) = if got.len() + 1 < need {
+                (BlockUse::Meta, need - 1 - got.len())
+            } else {
+                (usage, 1)
+            };
+            let r = self.alloc_for(class, g, want as u32);
             match r {
                 Ok((b, n)) if b + n as u64 <= u32::MAX as u64 + 1 => {
                     got.extend(b..b + n as u64);

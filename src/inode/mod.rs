@@ -7,6 +7,7 @@ pub(crate) mod blocks;
 pub(crate) mod bmap;
 pub(crate) mod indirect;
 pub(crate) mod read;
+pub(crate) mod truncate_steps;
 
 #[cfg(test)]
 mod indirect_tests;

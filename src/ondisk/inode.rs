@@ -19,6 +19,8 @@ pub mod flags {
     pub const EXTENTS: u32 = 0x80000;
     pub const EA_INODE: u32 = 0x200000;
     pub const INLINE_DATA: u32 = 0x10000000;
+    /// EXT4_DAX_FL: map the file's data directly (for us: through a virtiofs DAX window).
+    pub const DAX: u32 = 0x02000000;
     pub const ENCRYPT: u32 = 0x800;
     pub const CASEFOLD: u32 = 0x40000000;
     pub const VERITY: u32 = 0x100000;

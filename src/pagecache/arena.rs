@@ -145,6 +145,17 @@ impl Arena {
         }
     }
 
+    /// Does page `page` of `slab` hold memory (was it written since it was last punched)? A
+    /// window's user may store into pages the cache does not track.
+    pub fn has_data(&self, slab: SlabId, page: usize) -> bool {
+        let off = self.offset_of(slab, page) as libc::off_t;
+        let _ = self.ptr(slab, page, 0, PAGE_SIZE);
+        // SAFETY: lseek on the owned memfd; no memory is passed.
+        let at = unsafe { libc::lseek(self.fd.as_raw_fd(), off, libc::SEEK_DATA) };
+        // ENXIO (no data after `off`) and other errors: nothing there we can see.
+        at >= 0 && at < off + PAGE_SIZE as libc::off_t
+    }
+
     /// Copy out of the slab, starting `off` bytes into page `page` (may span pages).
     pub fn read(&self, slab: SlabId, page: usize, off: usize, dst: &mut [u8]) {
         let src = self.ptr(slab, page, off, dst.len());
@@ -227,8 +238,11 @@ mod tests {
         a.read(s, 3, 10, &mut out);
         assert_eq!(&out, b"hello");
         assert_eq!(rss_of_memfd(&a), PAGE_SIZE as u64);
+        assert!(a.has_data(s, 3));
+        assert!(!a.has_data(s, 4));
         a.punch(s, 3, 1);
         assert_eq!(rss_of_memfd(&a), 0);
+        assert!(!a.has_data(s, 3));
         a.read(s, 3, 10, &mut out);
         assert_eq!(out, [0u8; 5]);
         a.free_slab(s);

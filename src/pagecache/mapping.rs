@@ -20,6 +20,9 @@ pub struct PageState {
     pub resident: bool,
     pub uptodate: u8,
     pub dirty: u8,
+    /// Dropped (truncate, punch) while a window mapped its chunk: until someone writes it, its
+    /// zeros are a hole, not data.
+    pub cut: bool,
 }
 
 /// A 2 MiB-aligned chunk of the file and the slab that holds it.
@@ -30,6 +33,11 @@ struct Chunk {
     resident: u32,
     dirty: u32,
     last_use: u64,
+    /// Window mappings of this chunk (a DAX window shows the slab to a guest): while any is
+    /// live the chunk keeps its slab and no page of it is evicted.
+    pins: u32,
+    /// Of those, the writable ones (the guest may store into any page of the chunk).
+    write_pins: u32,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +47,11 @@ pub struct Mapping {
     dirty: usize,
     /// When the oldest dirty page of the file was dirtied (`None`: nothing dirty).
     dirty_since: Option<Instant>,
+    /// Chunks with a window mapping, and those with a writable one.
+    pinned: usize,
+    write_pinned: usize,
+    /// Since when writable window mappings hold data not written back (they count as dirty).
+    write_mapped_since: Option<Instant>,
 }
 
 /// No slab was free: the caller must evict or write back first.
@@ -58,8 +71,108 @@ impl Mapping {
         self.dirty
     }
 
+    /// When the file's oldest unwritten data was dirtied: dirty pages, or a writable window
+    /// mapping (whose pages count as dirty while mapped).
     pub fn dirty_since(&self) -> Option<Instant> {
-        self.dirty_since
+        match (self.dirty_since, self.write_mapped_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Chunks with a live window mapping.
+    pub fn pinned_chunks(&self) -> usize {
+        self.pinned
+    }
+
+    /// Chunks (2 MiB file ranges, by index) with a writable window mapping.
+    pub fn write_mapped_chunks(&self) -> Vec<u64> {
+        if self.write_pinned == 0 {
+            return Vec::new();
+        }
+        self.chunks
+            .iter()
+            .filter(|(_, ch)| ch.write_pins > 0)
+            .map(|(&c, _)| c)
+            .collect()
+    }
+
+    /// The writable mappings' pages were just written back: they count as dirty again from now.
+    pub fn write_mapped_cleaned(&mut self) {
+        self.write_mapped_since = (self.write_pinned > 0).then(Instant::now);
+    }
+
+    /// Pin chunk `c` for a window mapping (writable with `write`): it gets a slab if it has
+    /// none, keeps it until the last [`Mapping::unpin`], and none of its pages is evicted
+    /// meanwhile. Returns the slab.
+    pub fn pin(&mut self, pc: &PageCache, c: u64, write: bool) -> Result<SlabId, NoSlab> {
+        let tick = pc.tick.fetch_add(1, Ordering::Relaxed);
+        let ch = match self.chunks.entry(c) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let slab = pc.arena.alloc_slab().ok_or(NoSlab)?;
+                e.insert(Chunk {
+                    slab,
+                    pages: vec![PageState::default(); SLAB_PAGES].into_boxed_slice(),
+                    resident: 0,
+                    dirty: 0,
+                    last_use: tick,
+                    pins: 0,
+                    write_pins: 0,
+                })
+            }
+        };
+        ch.last_use = tick;
+        ch.pins += 1;
+        if ch.pins == 1 {
+            self.pinned += 1;
+            pc.pinned_slabs.fetch_add(1, Ordering::Relaxed);
+        }
+        if write {
+            ch.write_pins += 1;
+            if ch.write_pins == 1 {
+                self.write_pinned += 1;
+            }
+            self.write_mapped_since.get_or_insert_with(Instant::now);
+        }
+        Ok(ch.slab)
+    }
+
+    /// Undo one [`Mapping::pin`] of chunk `c`. A chunk left with no page and no pin gives its
+    /// slab back. False when the chunk had no such pin (nothing changed).
+    pub fn unpin(&mut self, pc: &PageCache, c: u64, write: bool) -> bool {
+        let Some(ch) = self.chunks.get_mut(&c) else {
+            return false;
+        };
+        if ch.pins == 0 || (write && ch.write_pins == 0) {
+            return false;
+        }
+        ch.pins -= 1;
+        if write {
+            ch.write_pins -= 1;
+            if ch.write_pins == 0 {
+                self.write_pinned -= 1;
+            }
+        }
+        if ch.pins == 0 {
+            self.pinned -= 1;
+            pc.pinned_slabs.fetch_sub(1, Ordering::Relaxed);
+            if ch.resident == 0 {
+                let slab = ch.slab;
+                self.chunks.remove(&c);
+                pc.arena.free_slab(slab);
+            }
+        }
+        if self.write_pinned == 0 && self.write_mapped_since.is_some() {
+            // The last writable mapping went: what it wrote is in dirty pages now.
+            self.write_mapped_since = None;
+        }
+        true
+    }
+
+    /// Is chunk `c` mapped into a window?
+    pub fn is_pinned(&self, c: u64) -> bool {
+        self.chunks.get(&c).is_some_and(|ch| ch.pins > 0)
     }
 
     /// Last use of any chunk (for LRU eviction across files).
@@ -101,6 +214,8 @@ impl Mapping {
                     resident: 0,
                     dirty: 0,
                     last_use: tick,
+                    pins: 0,
+                    write_pins: 0,
                 })
             }
         };
@@ -146,6 +261,7 @@ impl Mapping {
         };
         let pg = &mut ch.pages[p];
         pg.uptodate |= mask;
+        pg.cut = false;
         if pg.dirty == 0 && mask != 0 {
             ch.dirty += 1;
             self.dirty += 1;
@@ -212,12 +328,15 @@ impl Mapping {
             self.dirty -= 1;
             pc.dirty.fetch_sub(1, Ordering::Relaxed);
         }
-        ch.pages[p] = PageState::default();
+        ch.pages[p] = PageState {
+            cut: ch.pins > 0,
+            ..PageState::default()
+        };
         ch.resident -= 1;
         self.resident -= 1;
         pc.resident.fetch_sub(1, Ordering::Relaxed);
         pc.arena.punch(ch.slab, p, 1);
-        if ch.resident == 0 {
+        if ch.resident == 0 && ch.pins == 0 {
             let slab = ch.slab;
             self.chunks.remove(&c);
             pc.arena.free_slab(slab);
@@ -243,7 +362,8 @@ impl Mapping {
             let first = c * SLAB_PAGES as u64;
             let lo = from.max(first);
             let hi = to.min(first + SLAB_PAGES as u64);
-            if lo == first && hi == first + SLAB_PAGES as u64 {
+            let pinned = self.chunks.get(&c).is_some_and(|ch| ch.pins > 0);
+            if lo == first && hi == first + SLAB_PAGES as u64 && !pinned {
                 // The whole chunk goes: one punch for the slab.
                 if let Some(ch) = self.chunks.remove(&c) {
                     dirty += ch.dirty as usize;
@@ -284,6 +404,10 @@ impl Mapping {
             let Some(ch) = self.chunks.get(&c) else {
                 continue;
             };
+            if ch.pins > 0 {
+                // A window shows these pages: they stay.
+                continue;
+            }
             if ch.dirty == 0 {
                 let resident = ch.resident as usize;
                 if let Some(ch) = self.chunks.remove(&c) {
@@ -366,5 +490,44 @@ mod tests {
         assert_eq!(m.dirty_in(0, u64::MAX), vec![(0, 15), (1030, 15)]);
         assert_eq!(pc.dirty_pages(), 2);
         assert_eq!(pc.arena.free_slabs(), pc.arena.slab_count() as usize - 2);
+    }
+
+    #[test]
+    fn pinned_chunks_keep_their_slab_and_pages() {
+        let pc = PageCache::new(4 << 20, 8).unwrap();
+        let mut m = Mapping::default();
+        let (s, _) = m.get_or_create(&pc, 3).unwrap();
+        m.set_uptodate(3, 1);
+        assert_eq!(m.pin(&pc, 0, false), Ok(s), "the chunk's own slab");
+        assert_eq!(pc.pinned_slabs(), 1);
+        // Eviction leaves a pinned chunk alone.
+        assert_eq!(m.evict_clean(&pc, 100), 0);
+        assert!(m.state(3).resident);
+        // Truncating every page keeps the slab while it is mapped; the pages read as zeros.
+        pc.arena.write(s, 3, 0, b"x");
+        assert_eq!(m.drop_range(&pc, 0, u64::MAX), 0);
+        assert_eq!(m.slab_of(3), Some((s, 3)));
+        let mut b = [1u8];
+        pc.arena.read(s, 3, 0, &mut b);
+        assert_eq!(b, [0]);
+        let free = pc.arena.free_slabs();
+        // A writable pin of a chunk with no page yet allocates its slab.
+        let w = m.pin(&pc, 7, true).unwrap();
+        assert_eq!(pc.arena.free_slabs(), free - 1);
+        assert_eq!(m.write_mapped_chunks(), vec![7]);
+        assert!(
+            m.dirty_since().is_some(),
+            "a writable mapping counts as dirty"
+        );
+        assert!(!m.unpin(&pc, 0, true), "no writable pin on chunk 0");
+        assert!(m.unpin(&pc, 7, true));
+        assert!(m.unpin(&pc, 0, false));
+        assert!(m.dirty_since().is_none());
+        assert_eq!(pc.pinned_slabs(), 0);
+        assert_eq!(
+            pc.arena.free_slabs(),
+            pc.arena.slab_count() as usize,
+            "{w} given back"
+        );
     }
 }

@@ -22,6 +22,9 @@ pub struct PageCache {
     resident: AtomicUsize,
     dirty: AtomicUsize,
     tick: AtomicU64,
+    /// Slabs pinned by window mappings (their pages are not counted against the limit: a DAX
+    /// window bounds them).
+    pinned_slabs: AtomicUsize,
 }
 
 impl PageCache {
@@ -37,6 +40,7 @@ impl PageCache {
             resident: AtomicUsize::new(0),
             dirty: AtomicUsize::new(0),
             tick: AtomicU64::new(1),
+            pinned_slabs: AtomicUsize::new(0),
         })
     }
 
@@ -64,7 +68,14 @@ impl PageCache {
 
     /// Resident pages past the limit (what eviction should free).
     pub fn over_limit(&self) -> usize {
-        self.resident_pages().saturating_sub(self.limit_pages)
+        let pinned = self.pinned_slabs() * SLAB_PAGES;
+        self.resident_pages()
+            .saturating_sub(self.limit_pages.saturating_add(pinned))
+    }
+
+    /// Slabs pinned by window mappings.
+    pub fn pinned_slabs(&self) -> usize {
+        self.pinned_slabs.load(Ordering::Relaxed)
     }
 }
 

@@ -4,9 +4,13 @@
 //! the status byte is the last writable byte.
 //!
 //! Every queue is served by its own vring thread; requests are plain synchronous I/O on the
-//! image file. Every sector range is checked against the capacity before any I/O.
+//! image file, straight between the guest's buffers and the image (`preadv`/`pwritev` over the
+//! descriptors' guest memory, no bounce buffer). Every sector range is checked against the
+//! capacity before any I/O.
 
-use super::queue::{self, Chain, Core, MAX_QUEUE_SIZE, Mem, Vring, complete, config_window, drain};
+use super::queue::{
+    self, Chain, Core, MAX_QUEUE_SIZE, Mem, Vring, complete, config_window, drain, guest_buffers,
+};
 use crate::blockdev::BlockDevice;
 use crate::ondisk::le;
 use log::{debug, warn};
@@ -32,7 +36,7 @@ pub const SEG_MAX: u32 = 126;
 /// Limits advertised for DISCARD and WRITE_ZEROES.
 pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
 pub const MAX_DISCARD_SEG: u32 = 32;
-/// Bytes moved per device call when copying between guest memory and the image.
+/// Bytes of zeros written per device call by WRITE_ZEROES.
 const CHUNK: usize = 1 << 20;
 /// `struct virtio_blk_outhdr`.
 const OUTHDR_SIZE: usize = 16;
@@ -132,15 +136,15 @@ impl BlkDevice {
             Ok(s) => s,
             Err(_) => return 0,
         };
-        let mut status = |s: u32, data: &Writer<'_, ()>| -> u32 {
+        let mut status = |s: u32, data: usize| -> u32 {
             let _ = status_w.write_all(&[s as u8]);
-            data.bytes_written() as u32 + status_w.bytes_written() as u32
+            data as u32 + status_w.bytes_written() as u32
         };
         if shape.misordered {
             warn!(
                 "blk queue {queue}: chain {head}: readable descriptor after a writable one: IOERR"
             );
-            return status(VIRTIO_BLK_S_IOERR, &w);
+            return status(VIRTIO_BLK_S_IOERR, 0);
         }
         let mut r: Reader<'_, ()> = match Reader::new(mem, chain.clone()) {
             Ok(r) => r,
@@ -148,19 +152,24 @@ impl BlkDevice {
                 warn!(
                     "blk queue {queue}: chain {head}: readable buffer outside guest memory ({e}): IOERR"
                 );
-                return status(VIRTIO_BLK_S_IOERR, &w);
+                return status(VIRTIO_BLK_S_IOERR, 0);
             }
         };
         let mut hdr = [0u8; OUTHDR_SIZE];
         if r.read_exact(&mut hdr).is_err() {
             warn!("blk queue {queue}: chain {head}: request shorter than its header: IOERR");
-            return status(VIRTIO_BLK_S_IOERR, &w);
+            return status(VIRTIO_BLK_S_IOERR, 0);
         }
         let kind = le::u32_at(&hdr, 0);
         let sector = le::u64_at(&hdr, 8);
         let s = match kind {
-            VIRTIO_BLK_T_IN => self.read(&mut w, sector, queue),
-            VIRTIO_BLK_T_OUT => self.write(&mut r, sector, queue),
+            VIRTIO_BLK_T_IN => {
+                let s = self.read(chain, data_room, sector, queue);
+                // The data counts as written only when all of it was.
+                let n = if s == VIRTIO_BLK_S_OK { data_room } else { 0 };
+                return status(s, n);
+            }
+            VIRTIO_BLK_T_OUT => self.write(chain, r.available_bytes(), sector, queue),
             VIRTIO_BLK_T_FLUSH => match self.dev.flush() {
                 Ok(()) => VIRTIO_BLK_S_OK,
                 Err(e) => {
@@ -188,7 +197,7 @@ impl BlkDevice {
                 VIRTIO_BLK_S_UNSUPP
             }
         };
-        status(s, &w)
+        status(s, w.bytes_written())
     }
 
     /// The byte range of `len` bytes at `sector`, if it is inside the device and aligned to the
@@ -206,56 +215,52 @@ impl BlkDevice {
         Some(offset)
     }
 
-    fn read(&self, w: &mut Writer<'_, ()>, sector: u64, queue: usize) -> u32 {
-        let len = w.available_bytes() as u64;
-        let Some(mut offset) = self.range(sector, len) else {
+    /// IN: the device's bytes go straight into the chain's `len` writable data bytes.
+    fn read(&self, chain: &Chain, len: usize, sector: u64, queue: usize) -> u32 {
+        let Some(offset) = self.range(sector, len as u64) else {
             warn!(
                 "blk queue {queue}: read of {len} bytes at sector {sector} is outside the device or misaligned: IOERR"
             );
             return VIRTIO_BLK_S_IOERR;
         };
-        let mut buf = vec![0u8; CHUNK.min(len as usize)];
-        let mut left = len as usize;
-        while left > 0 {
-            let n = left.min(buf.len());
-            if let Err(e) = self.dev.read_at(&mut buf[..n], offset) {
-                warn!("blk: read at byte {offset} failed: {e}");
+        let mem = chain.memory();
+        let bufs = match guest_buffers(mem, chain, true, 0, len) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!("blk queue {queue}: read buffer: {e}: IOERR");
                 return VIRTIO_BLK_S_IOERR;
             }
-            if w.write_all(&buf[..n]).is_err() {
-                return VIRTIO_BLK_S_IOERR;
-            }
-            offset += n as u64;
-            left -= n;
+        };
+        if let Err(e) = self.dev.read_to_guest(&bufs, offset) {
+            warn!("blk: read of {len} bytes at byte {offset} failed: {e}");
+            return VIRTIO_BLK_S_IOERR;
         }
         VIRTIO_BLK_S_OK
     }
 
-    fn write(&self, r: &mut Reader<'_, ()>, sector: u64, queue: usize) -> u32 {
+    /// OUT: the chain's `len` readable bytes after the header go straight to the device.
+    fn write(&self, chain: &Chain, len: usize, sector: u64, queue: usize) -> u32 {
         if self.cfg.read_only {
             debug!("blk queue {queue}: write to a read-only device: IOERR");
             return VIRTIO_BLK_S_IOERR;
         }
-        let len = r.available_bytes() as u64;
-        let Some(mut offset) = self.range(sector, len) else {
+        let Some(offset) = self.range(sector, len as u64) else {
             warn!(
                 "blk queue {queue}: write of {len} bytes at sector {sector} is outside the device or misaligned: IOERR"
             );
             return VIRTIO_BLK_S_IOERR;
         };
-        let mut buf = vec![0u8; CHUNK.min(len as usize)];
-        let mut left = len as usize;
-        while left > 0 {
-            let n = left.min(buf.len());
-            if r.read_exact(&mut buf[..n]).is_err() {
+        let mem = chain.memory();
+        let bufs = match guest_buffers(mem, chain, false, OUTHDR_SIZE, len) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!("blk queue {queue}: write buffer: {e}: IOERR");
                 return VIRTIO_BLK_S_IOERR;
             }
-            if let Err(e) = self.dev.write_at(&buf[..n], offset) {
-                warn!("blk: write at byte {offset} failed: {e}");
-                return VIRTIO_BLK_S_IOERR;
-            }
-            offset += n as u64;
-            left -= n;
+        };
+        if let Err(e) = self.dev.write_from_guest(&bufs, offset) {
+            warn!("blk: write of {len} bytes at byte {offset} failed: {e}");
+            return VIRTIO_BLK_S_IOERR;
         }
         VIRTIO_BLK_S_OK
     }
@@ -509,6 +514,95 @@ mod tests {
             },
         ] {
             assert!(BlkDevice::new(Arc::clone(&dev), bad).is_err());
+        }
+    }
+
+    /// IN and OUT over buffers split at odd places (header and data sharing a descriptor, the
+    /// status byte alone or at the end of a data descriptor), on the image file (`preadv` /
+    /// `pwritev` into guest memory) and on a memory device (the bounce-buffer default): the
+    /// bytes land exactly where they belong, and a range past the end is IOERR.
+    #[test]
+    fn data_moves_straight_between_guest_buffers_and_the_device() {
+        use crate::blockdev::FileDevice;
+        use vm_memory::{Bytes, GuestAddress};
+        const SIZE: usize = 4 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let initial: Vec<u8> = (0..SIZE).map(|i| (i * 7 + i / 511) as u8).collect();
+        std::fs::write(&path, &initial).unwrap();
+        let file: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&path, false).unwrap());
+        let memdev = Arc::new(MemDevice::from_vec(initial.clone()));
+        let mem = Arc::new(Mem::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap());
+        let get = |at: u64, len: usize| {
+            let mut v = vec![0u8; len];
+            mem.read_slice(&mut v, GuestAddress(at)).unwrap();
+            v
+        };
+        let buf = 0x10_0000u64;
+        for dev in [file, Arc::clone(&memdev) as Arc<dyn BlockDevice>] {
+            let blk = BlkDevice::new(
+                Arc::clone(&dev),
+                BlkConfig {
+                    read_only: false,
+                    queues: 1,
+                    serial: Vec::new(),
+                    block_size: 512,
+                },
+            )
+            .unwrap();
+            let mut model = initial.clone();
+            // OUT of 3 sectors at sector 5: header + 100 data bytes in one descriptor, the rest
+            // in two more; the status byte alone.
+            let data: Vec<u8> = (0..1536u32).map(|i| (i * 13 + 1) as u8).collect();
+            let mut req = Vec::new();
+            req.extend_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+            req.extend_from_slice(&0u32.to_le_bytes());
+            req.extend_from_slice(&5u64.to_le_bytes());
+            req.extend_from_slice(&data);
+            mem.write_slice(&req, GuestAddress(buf)).unwrap();
+            let st = buf + 0x10_0000;
+            let bufs = [
+                (buf, 116, false),
+                (buf + 116, 1001, false),
+                (buf + 1117, (req.len() - 1117) as u32, false),
+                (st, 1, true),
+            ];
+            let used = blk.serve_chain(&queue::mock_chain(&mem, &bufs), 0);
+            assert_eq!((used, get(st, 1)[0]), (1, VIRTIO_BLK_S_OK as u8));
+            model[5 * 512..8 * 512].copy_from_slice(&data);
+            // IN of 4 sectors at sector 4 into three odd-sized buffers, the status byte at the
+            // end of the last one.
+            let mut hdr = Vec::new();
+            hdr.extend_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+            hdr.extend_from_slice(&0u32.to_le_bytes());
+            hdr.extend_from_slice(&4u64.to_le_bytes());
+            mem.write_slice(&hdr, GuestAddress(buf)).unwrap();
+            let out = buf + 0x20_0000;
+            mem.write_slice(&[0xA5; 4096], GuestAddress(out)).unwrap();
+            let bufs = [
+                (buf, 16, false),
+                (out, 3, true),
+                (out + 3, 2000, true),
+                (out + 2003, 2048 - 2003 + 1, true),
+            ];
+            let used = blk.serve_chain(&queue::mock_chain(&mem, &bufs), 0);
+            assert_eq!(used, 2049);
+            assert!(get(out, 2048) == model[4 * 512..8 * 512]);
+            assert_eq!(get(out + 2048, 2), vec![VIRTIO_BLK_S_OK as u8, 0xA5]);
+            // Past the end: IOERR, nothing written to the data buffer.
+            let last = (SIZE / 512) as u64 - 1;
+            hdr[8..16].copy_from_slice(&last.to_le_bytes());
+            mem.write_slice(&hdr, GuestAddress(buf)).unwrap();
+            mem.write_slice(&[0xA5; 1025], GuestAddress(out)).unwrap();
+            let used = blk.serve_chain(
+                &queue::mock_chain(&mem, &[(buf, 16, false), (out, 1025, true)]),
+                0,
+            );
+            assert_eq!((used, get(out + 1024, 1)[0]), (1, VIRTIO_BLK_S_IOERR as u8));
+            assert_eq!(get(out, 1024), vec![0xA5; 1024]);
+            let mut on_dev = vec![0u8; SIZE];
+            dev.read_at(&mut on_dev, 0).unwrap();
+            assert!(on_dev == model, "the device holds exactly what was written");
         }
     }
 }

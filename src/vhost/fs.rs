@@ -14,13 +14,17 @@ use super::queue::{
 };
 use crate::errno::Errno;
 use crate::fuse::Dispatcher;
-use crate::fuse::abi::{InHeader, OutHeader};
+use crate::fuse::abi::{InHeader, OutHeader, opcode};
+use crate::fuse::io::{GuestPayload, GuestReply};
 use crate::fuse::{reply, request};
 use log::{error, warn};
 use std::io::{self, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Backend;
+use vhost::vhost_user::message::{
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
+};
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -46,6 +50,8 @@ pub struct FsDevice {
     max_request: usize,
     pool: Option<Pool>,
     core: Core,
+    /// The DAX window offered to the frontend, if any.
+    dax: Option<Arc<super::dax::Window>>,
 }
 
 impl FsDevice {
@@ -82,7 +88,15 @@ impl FsDevice {
             max_request,
             pool,
             core: Core::new(1 + request_queues),
+            dax: None,
         })
+    }
+
+    /// Offer `window` as shared memory region 0 (the DAX window): the SHMEM protocol feature
+    /// and a backend request channel are then offered too.
+    pub fn with_dax(mut self, window: Arc<super::dax::Window>) -> FsDevice {
+        self.dax = Some(window);
+        self
     }
 
     /// Stop the vring threads, wait for every request in flight, and stop the workers.
@@ -156,10 +170,40 @@ impl VhostUserBackend for FsDevice {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
+        let pf = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.dax.is_some() {
+            pf | VhostUserProtocolFeatures::SHMEM
+                | VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::BACKEND_SEND_FD
+        } else {
+            pf
+        }
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        match &self.dax {
+            Some(w) => Ok(w.shmem_config()),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no shared memory region (no DAX window)",
+            )),
+        }
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        if let Some(w) = &self.dax {
+            w.set_backend(backend);
+        }
+    }
+
+    fn reset_device(&self) {
+        // A device reset drops the frontend's shared memory mappings.
+        if let Some(w) = &self.dax {
+            w.device_reset();
+        }
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -231,8 +275,10 @@ fn serve_guarded(dispatcher: &Dispatcher, chain: &Chain, max_request: usize, que
     })
 }
 
-/// Serve one chain: gather the request, dispatch it, scatter the reply. Returns the number of
-/// bytes written to the chain (the used length).
+/// Serve one chain: read the request (a WRITE's payload stays in guest memory until the engine
+/// copies it into the page cache), dispatch it, and let the reply go straight into the chain's
+/// writable buffers (a READ's data from the page cache). Returns the number of bytes written to
+/// the chain (the used length).
 pub fn serve_chain(
     dispatcher: &Dispatcher,
     chain: &Chain,
@@ -299,25 +345,7 @@ pub fn serve_chain(
         );
         return 0;
     }
-    let mut msg = vec![0u8; len];
-    msg[..InHeader::SIZE].copy_from_slice(&head_bytes);
-    if let Err(e) = reader.read_exact(&mut msg[InHeader::SIZE..]) {
-        warn!(
-            "fs queue {queue}: chain {head} (unique {unique}): cannot read the request: {e}: EIO"
-        );
-        return error_reply(chain, unique, Errno::EIO, queue);
-    }
-    match dispatcher.dispatch(&msg) {
-        Some(reply) => write_reply(chain, &reply, unique, queue),
-        None => 0,
-    }
-}
-
-/// Scatter `reply` into the chain's writable part. A reply larger than that part is replaced by
-/// an EIO error reply, as the kernel's own /dev/fuse path does with an oversized reply.
-fn write_reply(chain: &Chain, reply: &[u8], unique: u64, queue: usize) -> u32 {
-    let head = chain.head_index();
-    let mut w: Writer<'_, ()> = match Writer::new(chain.memory(), chain.clone()) {
+    let w: Writer<'_, ()> = match Writer::new(mem, chain.clone()) {
         Ok(w) => w,
         Err(e) => {
             warn!(
@@ -326,20 +354,62 @@ fn write_reply(chain: &Chain, reply: &[u8], unique: u64, queue: usize) -> u32 {
             return 0;
         }
     };
-    let room = w.available_bytes();
-    if reply.len() > room {
-        warn!(
-            "fs queue {queue}: chain {head} (unique {unique}): {}-byte reply does not fit {room} writable bytes: EIO",
-            reply.len()
-        );
-        let e = reply::error(unique, Errno::EIO);
-        if e.len() > room {
-            return 0;
+    if header.opcode == opcode::WRITE && len >= request::WRITE_HEAD_SIZE {
+        // The payload stays in the guest's buffers until the engine copies it into the page
+        // cache: only the head is read here.
+        let mut msg = [0u8; request::WRITE_HEAD_SIZE];
+        msg[..InHeader::SIZE].copy_from_slice(&head_bytes);
+        if let Err(e) = reader.read_exact(&mut msg[InHeader::SIZE..]) {
+            warn!(
+                "fs queue {queue}: chain {head} (unique {unique}): cannot read the request: {e}: EIO"
+            );
+            return error_reply(chain, unique, Errno::EIO, queue);
         }
-        return write_all(&mut w, &e, queue, head);
+        let ext = usize::from(header.total_extlen) * 8;
+        let Some(payload_len) = (len - request::WRITE_HEAD_SIZE).checked_sub(ext) else {
+            warn!(
+                "fs queue {queue}: chain {head} (unique {unique}): WRITE extensions longer than the message: EINVAL"
+            );
+            return error_reply(chain, unique, Errno::EINVAL, queue);
+        };
+        let mut payload =
+            match queue::guest_buffers(mem, chain, false, request::WRITE_HEAD_SIZE, payload_len) {
+                Ok(bufs) => GuestPayload::new(bufs),
+                Err(e) => {
+                    warn!(
+                        "fs queue {queue}: chain {head} (unique {unique}): WRITE payload: {e}: EIO"
+                    );
+                    return error_reply(chain, unique, Errno::EIO, queue);
+                }
+            };
+        let mut reply = GuestReply::new(w, queue, head);
+        dispatcher.dispatch_to(&msg, Some(&mut payload), &mut reply);
+        return reply.written();
     }
-    write_all(&mut w, reply, queue, head)
+    // Any other request is read whole; the common ones (READ, GETATTR, LOOKUP, ...) fit the
+    // stack buffer.
+    let mut small = [0u8; SMALL_REQUEST];
+    let mut big = Vec::new();
+    let msg: &mut [u8] = if len <= SMALL_REQUEST {
+        &mut small[..len]
+    } else {
+        big.resize(len, 0);
+        &mut big
+    };
+    msg[..InHeader::SIZE].copy_from_slice(&head_bytes);
+    if let Err(e) = reader.read_exact(&mut msg[InHeader::SIZE..]) {
+        warn!(
+            "fs queue {queue}: chain {head} (unique {unique}): cannot read the request: {e}: EIO"
+        );
+        return error_reply(chain, unique, Errno::EIO, queue);
+    }
+    let mut reply = GuestReply::new(w, queue, head);
+    dispatcher.dispatch_to(msg, None, &mut reply);
+    reply.written()
 }
+
+/// Requests up to this size are read into a stack buffer.
+const SMALL_REQUEST: usize = 512;
 
 fn write_all(w: &mut Writer<'_, ()>, bytes: &[u8], queue: usize, head: u16) -> u32 {
     if let Err(e) = w.write_all(bytes) {
@@ -358,3 +428,7 @@ fn error_reply(chain: &Chain, unique: u64, errno: Errno, queue: usize) -> u32 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+#[path = "fs_tests.rs"]
+mod tests;

@@ -13,6 +13,7 @@
 //! the daemon again.
 
 pub mod blk;
+pub mod dax;
 pub mod fs;
 mod pool;
 pub mod queue;
@@ -58,6 +59,9 @@ pub struct FsArgs {
     pub writeback_cache: bool,
     /// `--atime`, `--nodiratime`: how reads move access times (default relatime).
     pub atime: crate::fs::AtimePolicy,
+    /// `--dax-window SIZE`: the DAX window offered as shared memory region 0 (a multiple of
+    /// 2 MiB; 0 = none). Used only when the frontend negotiates SHMEM.
+    pub dax_window: u64,
 }
 
 impl Default for FsArgs {
@@ -74,6 +78,7 @@ impl Default for FsArgs {
             cache_size: crate::pagecache::DEFAULT_CACHE_BYTES,
             writeback_cache: false,
             atime: crate::fs::AtimePolicy::from_mount_flags(0),
+            dax_window: dax::DEFAULT_WINDOW,
         }
     }
 }
@@ -201,6 +206,14 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
     fs::check_tag(tag)?;
     check_socket_args(args.socket_path.as_deref(), args.fd)?;
     let read_only = args.readonly;
+    dax::check_window_size(args.dax_window)?;
+    if args.dax_window > args.cache_size.saturating_mul(4) {
+        return Err(format!(
+            "the DAX window ({} MiB) cannot be more than four times the page cache ({} MiB): mapped chunks are pinned in its slabs",
+            args.dax_window >> 20,
+            args.cache_size >> 20
+        ));
+    }
     let dev = FileDevice::open(image, read_only).map_err(|e| e.to_string())?;
     let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, args.cache_size)
         .map_err(|e| format!("cannot mount image {}: {e}", image.display()))?;
@@ -224,7 +237,13 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
         },
     ));
     let threads = args.thread_pool_size.unwrap_or_else(default_threads);
-    let device = Arc::new(fs::FsDevice::new(dispatcher, tag, args.queues, threads)?);
+    let mut device = fs::FsDevice::new(Arc::clone(&dispatcher), tag, args.queues, threads)?;
+    let window = (args.dax_window > 0).then(|| dax::Window::new(Arc::clone(&fs), args.dax_window));
+    if let Some(w) = &window {
+        dispatcher.set_dax_window(Arc::clone(w) as Arc<dyn crate::fuse::DaxWindow>);
+        device = device.with_dax(Arc::clone(w));
+    }
+    let device = Arc::new(device);
     let served = listen(args.socket_path.as_deref(), args.fd).and_then(|listener| {
         info!(
             "vhost-user-fs: serving {} as tag {tag:?}{} with {} request queue(s) and {threads} worker(s)",
@@ -235,6 +254,10 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
         serve_device("vhost-ext4-fs", Arc::clone(&device), listener, stop)
     });
     device.shutdown();
+    if let Some(w) = &window {
+        // The frontend is gone and its mappings with it; what they wrote is dirty in the cache.
+        w.disconnect();
+    }
     let synced = fs.shutdown();
     served?;
     synced.map_err(|e| format!("flushing {} failed: {e}", image.display()))?;

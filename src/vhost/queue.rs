@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, Permissions, VolatileSlice,
+};
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
@@ -270,6 +272,50 @@ pub fn layout(chain: &Chain) -> Layout {
     l
 }
 
+/// `len` bytes of the chain's device-writable (`writable`) or device-readable buffers, after the
+/// first `skip`, as guest-memory slices (copied to or from with volatile copies or by the kernel, never viewed as Rust slices).
+pub fn guest_buffers<'m>(
+    mem: &'m Mem,
+    chain: &Chain,
+    writable: bool,
+    mut skip: usize,
+    len: usize,
+) -> Result<Vec<VolatileSlice<'m>>, String> {
+    let (descs, access) = if writable {
+        (chain.clone().writable(), Permissions::Write)
+    } else {
+        (chain.clone().readable(), Permissions::Read)
+    };
+    let mut out = Vec::new();
+    let mut left = len;
+    for d in descs {
+        if left == 0 {
+            break;
+        }
+        let slices = mem
+            .get_slices(d.addr(), d.len() as usize, access)
+            .map_err(|e| format!("outside guest memory ({e})"))?;
+        for s in slices {
+            let s = s.map_err(|e| format!("outside guest memory ({e})"))?;
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            let n = (s.len() - skip).min(left);
+            out.push(s.subslice(skip, n).map_err(|e| e.to_string())?);
+            skip = 0;
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    if left > 0 {
+        return Err(format!("the chain is {left} bytes short"));
+    }
+    Ok(out)
+}
+
 /// `size` bytes of a config space image starting at `offset`, zero past its end (frontends may
 /// ask for a larger structure than we fill); empty when the range leaves the 4 KiB space.
 pub fn config_window(config: &[u8], offset: u32, size: u32) -> Vec<u8> {
@@ -302,6 +348,32 @@ pub fn drain(core: &Core, vring: &Vring, queue: usize, mut serve: impl FnMut(Vec
             return;
         }
     }
+}
+
+/// A descriptor chain over `bufs` (guest address, length, device-writable), in order, laid out
+/// with virtio-queue's mock split queue at the bottom of `mem` (keep buffers above 64 KiB).
+#[cfg(test)]
+pub(crate) fn mock_chain(mem: &Arc<Mem>, bufs: &[(u64, u32, bool)]) -> Chain {
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+    mem.write_slice(&[0u8; 0x1000], GuestAddress(0)).unwrap();
+    let mq = MockSplitQueue::new(&**mem, 16);
+    let raw: Vec<RawDescriptor> = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, write))| {
+            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if i + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            RawDescriptor::from(Descriptor::new(addr, len, flags, i as u16 + 1))
+        })
+        .collect();
+    mq.add_desc_chains(&raw, 0).unwrap();
+    let mut q: virtio_queue::Queue = mq.create_queue().unwrap();
+    q.iter(Arc::clone(mem)).unwrap().next().unwrap()
 }
 
 #[cfg(test)]

@@ -60,6 +60,10 @@ pub struct Volume {
     pub(crate) home_sb_clean: AtomicBool,
     /// Wakes the commit thread early (a transaction filled up).
     pub(crate) commit_kick: Arc<commit::CommitKick>,
+    /// Tests: the journal credits of one truncate step, when not 0 (see
+    /// `inode::truncate_steps`), so a test can make a small file take several steps.
+    #[cfg(test)]
+    pub(crate) step_credits: std::sync::atomic::AtomicUsize,
 }
 
 impl Volume {
@@ -90,6 +94,8 @@ impl Volume {
             commit_lock: Mutex::new(Vec::new()),
             home_sb_clean: AtomicBool::new(false),
             commit_kick: Default::default(),
+            #[cfg(test)]
+            step_credits: Default::default(),
             sb,
         }
     }

@@ -5,18 +5,23 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vhost::vhost_user::message::VhostUserMMap;
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::vhost_user::{
+    Frontend, FrontendReqHandler, VhostUserFrontend, VhostUserFrontendReqHandler,
+};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -225,7 +230,192 @@ pub struct Vmm {
     pub protocol: VhostUserProtocolFeatures,
     /// Where the writable part of the last chain built by [`Vmm::submit`] starts.
     pub last_reply_addr: u64,
+    /// The DAX window, when connected with [`Vmm::connect_dax`].
+    pub dax: Option<DaxView>,
     _memfd: File,
+}
+
+/// The VMM's side of a DAX window: an address range reserved PROT_NONE, into which SHMEM_MAP
+/// maps the daemon's fd (read-only or read-write) and SHMEM_UNMAP puts PROT_NONE back. It
+/// enforces the spec's rules: a map must not overlap a live mapping, an unmap must match one
+/// exactly.
+pub struct DaxView {
+    pub base: usize,
+    pub size: u64,
+    pub maps: Arc<Mutex<BTreeMap<u64, (u64, bool)>>>,
+    /// Map and unmap requests served (map, unmap), and refused ones.
+    pub counts: Arc<Mutex<(u64, u64, u64)>>,
+}
+
+struct DaxHandler {
+    base: usize,
+    size: u64,
+    maps: Arc<Mutex<BTreeMap<u64, (u64, bool)>>>,
+    counts: Arc<Mutex<(u64, u64, u64)>>,
+}
+
+impl DaxHandler {
+    fn refuse(&self, why: &str) -> io::Result<u64> {
+        self.counts.lock().unwrap().2 += 1;
+        eprintln!("test VMM: refusing a window request: {why}");
+        Err(io::Error::other(why.to_string()))
+    }
+}
+
+impl VhostUserFrontendReqHandler for DaxHandler {
+    fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> io::Result<u64> {
+        let (shmid, off, len, fd_off, flags) =
+            (req.shmid, req.shm_offset, req.len, req.fd_offset, req.flags);
+        if shmid != 0 {
+            return self.refuse("SHMEM_MAP of a region other than 0");
+        }
+        if off % 4096 != 0 || len % 4096 != 0 || off + len > self.size || fd_off % 4096 != 0 {
+            return self.refuse("SHMEM_MAP unaligned or outside the window");
+        }
+        let mut maps = self.maps.lock().unwrap();
+        if maps
+            .iter()
+            .any(|(&m, &(l, _))| m < off + len && m + l > off)
+        {
+            return self.refuse("SHMEM_MAP over a live mapping");
+        }
+        let write = flags & 1 != 0;
+        let prot = libc::PROT_READ | if write { libc::PROT_WRITE } else { 0 };
+        // SAFETY: MAP_FIXED inside the window reservation this handler owns.
+        let p = unsafe {
+            libc::mmap(
+                (self.base + off as usize) as *mut libc::c_void,
+                len as usize,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                fd_off as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return self.refuse("mmap failed");
+        }
+        maps.insert(off, (len, write));
+        self.counts.lock().unwrap().0 += 1;
+        Ok(0)
+    }
+
+    fn shmem_unmap(&self, req: &VhostUserMMap) -> io::Result<u64> {
+        let (off, len) = (req.shm_offset, req.len);
+        let mut maps = self.maps.lock().unwrap();
+        match maps.get(&off) {
+            Some(&(l, _)) if l == len => {}
+            _ => return self.refuse("SHMEM_UNMAP that matches no mapping"),
+        }
+        // SAFETY: MAP_FIXED inside the window reservation this handler owns.
+        let p = unsafe {
+            libc::mmap(
+                (self.base + off as usize) as *mut libc::c_void,
+                len as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        maps.remove(&off);
+        self.counts.lock().unwrap().1 += 1;
+        Ok(0)
+    }
+}
+
+impl DaxView {
+    fn new(size: u64) -> DaxView {
+        // SAFETY: a fresh PROT_NONE reservation, never unmapped (tests are short-lived).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "reserve the DAX window");
+        DaxView {
+            base: p as usize,
+            size,
+            maps: Arc::new(Mutex::new(BTreeMap::new())),
+            counts: Arc::new(Mutex::new((0, 0, 0))),
+        }
+    }
+
+    /// Start serving backend requests; returns the socket end to hand to the daemon.
+    fn serve(&self) -> std::os::unix::net::UnixStream {
+        let h = Arc::new(DaxHandler {
+            base: self.base,
+            size: self.size,
+            maps: self.maps.clone(),
+            counts: self.counts.clone(),
+        });
+        let mut server = FrontendReqHandler::new(h).expect("backend request channel");
+        server.set_reply_ack_flag(true);
+        // SAFETY: dup of the handler's own socket; the duplicate is owned by the stream.
+        let fd = unsafe { libc::dup(server.get_tx_raw_fd()) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor we own.
+        let tx = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+        std::thread::spawn(move || {
+            // Ends when the daemon closes its end.
+            while server.handle_request().is_ok() {}
+        });
+        tx
+    }
+
+    /// Live mappings: window offset → (length, writable).
+    pub fn mappings(&self) -> BTreeMap<u64, (u64, bool)> {
+        self.maps.lock().unwrap().clone()
+    }
+
+    /// Is `[off, off + len)` inside one live mapping (writable if `write`)?
+    pub fn mapped(&self, off: u64, len: u64, write: bool) -> bool {
+        self.maps
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(&m, &(l, w))| m <= off && off + len <= m + l && (w || !write))
+    }
+
+    /// A guest load: `len` bytes at window offset `off` (must be mapped).
+    pub fn load(&self, off: u64, len: usize) -> Vec<u8> {
+        assert!(
+            self.mapped(off, len as u64, false),
+            "load from an unmapped window range"
+        );
+        let mut v = vec![0u8; len];
+        // SAFETY: the range is inside a live mapping (checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (self.base + off as usize) as *const u8,
+                v.as_mut_ptr(),
+                len,
+            )
+        };
+        v
+    }
+
+    /// A guest store at window offset `off` (must be mapped writable).
+    pub fn store(&self, off: u64, data: &[u8]) {
+        assert!(
+            self.mapped(off, data.len() as u64, true),
+            "store into a window range not mapped writable"
+        );
+        // SAFETY: the range is inside a live writable mapping (checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.base + off as usize) as *mut u8,
+                data.len(),
+            )
+        };
+    }
 }
 
 pub fn memfd(size: usize) -> File {
@@ -247,7 +437,19 @@ impl Vmm {
         Vmm::setup(fe, nqueues, event_idx)
     }
 
-    pub fn setup(mut fe: Frontend, nqueues: usize, event_idx: bool) -> Vmm {
+    pub fn setup(fe: Frontend, nqueues: usize, event_idx: bool) -> Vmm {
+        Vmm::setup_with_dax(fe, nqueues, event_idx, false)
+    }
+
+    /// Connect as a VMM that exposes a DAX window: it acks SHMEM (with BACKEND_REQ,
+    /// BACKEND_SEND_FD and REPLY_ACK), asks GET_SHMEM_CONFIG and serves SHMEM_MAP/UNMAP into a
+    /// window of its own ([`Vmm::dax`]).
+    pub fn connect_dax(socket: &Path, nqueues: usize) -> Vmm {
+        let fe = Frontend::connect(socket, nqueues as u64).expect("connect to the daemon");
+        Vmm::setup_with_dax(fe, nqueues, false, true)
+    }
+
+    pub fn setup_with_dax(mut fe: Frontend, nqueues: usize, event_idx: bool, dax: bool) -> Vmm {
         fe.set_owner().unwrap();
         let offered = fe.get_features().unwrap();
         assert_ne!(offered & VIRTIO_F_VERSION_1, 0, "VERSION_1 offered");
@@ -268,7 +470,29 @@ impl Vmm {
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK;
         assert!(pf.contains(wanted_pf), "protocol features {pf:?}");
+        let dax_pf = VhostUserProtocolFeatures::SHMEM
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD;
+        let wanted_pf = if dax {
+            assert!(
+                pf.contains(dax_pf),
+                "SHMEM protocol features offered: {pf:?}"
+            );
+            wanted_pf | dax_pf
+        } else {
+            wanted_pf
+        };
         fe.set_protocol_features(wanted_pf).unwrap();
+        let dax = dax.then(|| {
+            let cfg = fe.get_shmem_config().expect("GET_SHMEM_CONFIG");
+            assert_eq!(cfg.nregions, 1, "one shared memory region");
+            let size = cfg.memory_sizes[0];
+            assert!(size > 0, "region 0 has a size");
+            let w = DaxView::new(size);
+            let fd = w.serve();
+            fe.set_backend_request_fd(&fd).expect("SET_BACKEND_REQ_FD");
+            w
+        });
         let qn = fe.get_queue_num().unwrap();
         assert!(qn as usize >= nqueues, "daemon offers {qn} queues");
         fe.set_features(want).unwrap();
@@ -340,6 +564,7 @@ impl Vmm {
             features: want,
             protocol: wanted_pf,
             last_reply_addr: 0,
+            dax,
             _memfd: file,
         }
     }
@@ -561,6 +786,8 @@ pub fn start_fs(args: vhost_ext4::vhost::FsArgs) -> Daemon {
             cmd.arg("--readonly");
         }
         cmd.arg("--queues").arg(args.queues.to_string());
+        cmd.arg("--cache-size").arg(args.cache_size.to_string());
+        cmd.arg("--dax-window").arg(args.dax_window.to_string());
         Daemon::Process(
             cmd.stdin(Stdio::null())
                 .stderr(child_stderr())

@@ -21,23 +21,26 @@
 //! except to read a page in) → the page cache's counters. Eviction and background writeback
 //! take other files' `rw` only with `try_*`, so two writers never wait on each other.
 
+mod dax;
 mod read;
 mod space;
 mod write;
 mod writeback;
 
+pub use dax::{DaxRevoker, Revoked};
+pub use read::ReadSink;
 pub use space::{
     FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,
 };
-pub use write::KILL_SUIDGID;
+pub use write::{KILL_SUIDGID, WriteSource};
 
 use super::Fs;
 use super::types::Ino;
 use crate::errno::{Errno, Result};
 use crate::pagecache::{Mapping, PageCache};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 /// Slabs of address space per slab the cache size needs when full: a small file takes a whole
@@ -67,6 +70,8 @@ pub(super) struct DataState {
     stop: AtomicBool,
     /// Unlinked files with cached data, to free once the namespace lock is released.
     deferred: Mutex<Vec<Ino>>,
+    /// The owner of a DAX window showing our pages, if any.
+    revoker: RwLock<Option<std::sync::Weak<dyn DaxRevoker>>>,
     /// Crash tests: commit the journal right after every writeback allocation, before the data
     /// write (the widest window a commit thread could hit).
     #[cfg(test)]
@@ -80,6 +85,7 @@ impl DataState {
             kick: Arc::new(Kick::default()),
             stop: AtomicBool::new(false),
             deferred: Mutex::new(Vec::new()),
+            revoker: RwLock::new(None),
             #[cfg(test)]
             commit_after_alloc: AtomicBool::new(false),
         })
@@ -138,10 +144,16 @@ impl Fs {
     /// Forget `ino`'s cached data and release its reservations: it is being freed. The caller
     /// holds `d.rw` exclusively (or knows no one else uses the inode).
     pub(super) fn drop_inode_data(&self, ino: Ino) {
-        let Some(d) = self.inodes.remove(ino) else {
+        let Some(d) = self.inodes.get(ino) else {
             return;
         };
+        // No window may show the pages of a file being freed.
+        self.dax_revoke(ino, &d, 0, u64::MAX);
+        self.inodes.remove(ino);
         d.pages().drop_range(&self.data.pc, 0, u64::MAX);
+        if d.pages().pinned_chunks() > 0 {
+            log::error!("inode {ino}: freed while a window still maps it");
+        }
         let delayed = self.es.delayed_blocks(ino);
         self.es.remove(ino, 0, u64::MAX);
         self.alloc.release(delayed);
@@ -275,7 +287,7 @@ impl Fs {
             let Ok(_w) = d.rw.try_write() else { continue };
             let mut m = d.pages();
             need = need.saturating_sub(m.evict_clean(pc, need));
-            let empty = m.resident_pages() == 0;
+            let empty = m.resident_pages() == 0 && m.pinned_chunks() == 0;
             drop(m);
             if empty {
                 self.forget_idle(ino, &d);
@@ -383,5 +395,7 @@ impl Fs {
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod data_alloc_tests;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,8 @@
 //! Cached reads: the blocks a read needs that are not uptodate in the page cache are read in —
 //! with readahead, whole runs of the block map in one device request per 2 MiB chunk — then
 //! the reply is copied out of the cache. Holes, unwritten and delayed blocks read as zeros
-//! (delayed blocks are always in the cache, dirty).
+//! (delayed blocks are always in the cache, dirty). The data goes to a [`ReadSink`] as slices of
+//! the cache, so it is copied once, from the cache to wherever the reader wants it.
 //!
 //! Lock order: the file's rw lock shared → ns shared (block map lookups) → the mapping mutex.
 
@@ -11,13 +12,40 @@ use crate::fs::Fs;
 use crate::fs::types::Ino;
 use crate::inode::bmap::Target;
 use crate::ondisk::inode::{Inode, flags};
-use crate::pagecache::{NoSlab, PAGE_SIZE, SLAB_PAGES};
+use crate::pagecache::{NoSlab, PAGE_SIZE, SLAB_PAGES, SlabId};
 use std::sync::atomic::Ordering;
 
 /// Readahead for a read that does not continue the previous one.
 const RA_RANDOM: u64 = 128 << 10;
 /// Readahead for sequential reads: a whole chunk.
 const RA_SEQUENTIAL: u64 = 2 << 20;
+
+/// Where a read's data goes. The engine hands over the whole result in one call, as slices in
+/// file order — of the page cache itself where the data is cached, so the sink copies it once,
+/// straight to its destination (a guest's buffers, a `writev` to `/dev/fuse`). The slices are
+/// valid only during the call: the file's pages are pinned (its rw lock held shared) meanwhile.
+pub trait ReadSink {
+    /// Take the data read; `parts` may be empty (end of file). Called at most once per read,
+    /// and not at all when the read fails before. An error here fails the read with EIO.
+    fn put(&mut self, parts: &[&[u8]]) -> std::io::Result<()>;
+}
+
+/// Collects the data (appends it to the vector).
+impl ReadSink for Vec<u8> {
+    fn put(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
+        for p in parts {
+            self.extend_from_slice(p);
+        }
+        Ok(())
+    }
+}
+
+/// Zeros for pages that are not resident (never the case after `cache_range`, but a sink must
+/// get exactly the bytes the read covers).
+static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+/// A byte of the cache: slab, page within it, offset within the page.
+type PageAt = (SlabId, usize, usize);
 
 impl Fs {
     /// Read up to `size` bytes at `offset`; short only at end of file.
@@ -27,33 +55,60 @@ impl Fs {
         Ok(v)
     }
 
-    /// [`Fs::read`], appending the bytes to `out` (a reply being built): the data is copied
-    /// once, from the page cache into the reply. On error `out` is left as it was.
+    /// [`Fs::read`], appending the bytes to `out`. On error `out` is left as it was.
     pub fn read_into(
         &self,
         ino: Ino,
-        _fh: u64,
+        fh: u64,
         offset: u64,
         size: u32,
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let start = out.len();
-        match self.read_cached(ino, offset, size, out) {
-            Ok(inode) => {
-                if size != 0 {
-                    self.accessed(ino, &inode);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                out.truncate(start);
-                Err(e)
-            }
+        let r = self.read_to(ino, fh, offset, size, out);
+        if r.is_err() {
+            out.truncate(start);
         }
+        r.map(|_| ())
     }
 
-    /// The read itself; returns the inode as it was read at the start (for the atime update).
-    fn read_cached(&self, ino: Ino, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<Inode> {
+    /// Read up to `size` bytes at `offset` into `sink` (see [`ReadSink`]): the data is copied
+    /// once, from the page cache to the sink's destination. Returns the bytes read.
+    pub fn read_to(
+        &self,
+        ino: Ino,
+        _fh: u64,
+        offset: u64,
+        size: u32,
+        sink: &mut dyn ReadSink,
+    ) -> Result<usize> {
+        let mut seen = None;
+        let n = self.read_cached(ino, offset, size, sink, &mut seen)?;
+        // A read moves atime as the mount's option says (see `atime`).
+        if size != 0
+            && let Some(inode) = seen
+        {
+            self.accessed(ino, &inode);
+        }
+        Ok(n)
+    }
+
+    /// The read itself; `seen` gets the inode as it was at the start (for the atime update).
+    fn read_cached(
+        &self,
+        ino: Ino,
+        offset: u64,
+        size: u32,
+        sink: &mut dyn ReadSink,
+        seen: &mut Option<Inode>,
+    ) -> Result<usize> {
+        let put = |sink: &mut dyn ReadSink, parts: &[&[u8]]| -> Result<usize> {
+            sink.put(parts).map_err(|e| {
+                log::debug!("inode {ino}: the reader did not take the data: {e}");
+                Errno::EIO
+            })?;
+            Ok(parts.iter().map(|p| p.len()).sum())
+        };
         let inode = {
             let _g = self.ns_read();
             self.read_inode(ino)?
@@ -61,36 +116,41 @@ impl Fs {
         if inode.is_dir() {
             return Err(Errno::EISDIR);
         }
+        *seen = Some(inode.clone());
         if !inode.is_reg()
             || inode.has_flag(flags::INLINE_DATA)
             || self.block_size as usize > PAGE_SIZE
         {
-            let _g = self.ns_read();
-            out.extend_from_slice(&self.read_data(ino, &inode, offset, size)?);
-            return Ok(inode);
+            let v = {
+                let _g = self.ns_read();
+                self.read_data(ino, &inode, offset, size)?
+            };
+            return put(sink, &[&v]);
         }
         let d = self.inode_data(ino)?;
         let _r = d.read_lock();
         let fsize = d.sizes().size;
         if offset >= fsize || size == 0 {
-            return Ok(inode);
+            return put(sink, &[]);
         }
         let end = fsize.min(offset + size as u64);
+        self.dax_redirty_range(&d, offset, end);
         if !self.cache_range(ino, &d, offset, end, fsize)? {
             // No room in the cache at all: put the dirty data of the range on disk, then read
             // around the cache.
             let p0 = offset / PAGE_SIZE as u64;
             let p1 = end.div_ceil(PAGE_SIZE as u64);
             self.writeback_inode(ino, &d, p0, p1)?;
-            let _g = self.ns_read();
-            let mut now = self.read_inode(ino)?;
-            now.size = fsize;
-            out.extend_from_slice(&self.read_data(ino, &now, offset, size)?);
-            return Ok(inode);
+            let v = {
+                let _g = self.ns_read();
+                let mut inode = self.read_inode(ino)?;
+                inode.size = fsize;
+                self.read_data(ino, &inode, offset, size)?
+            };
+            return put(sink, &[&v]);
         }
-        let base = out.len();
-        out.resize(base + (end - offset) as usize, 0);
-        let buf = &mut out[base..];
+        // Where the bytes are: runs of pages contiguous in one slab become one slice.
+        let mut runs: Vec<(Option<PageAt>, usize)> = Vec::new();
         {
             let m = d.pages();
             let mut pos = offset;
@@ -98,21 +158,52 @@ impl Fs {
                 let idx = pos / PAGE_SIZE as u64;
                 let poff = (pos % PAGE_SIZE as u64) as usize;
                 let n = ((PAGE_SIZE - poff) as u64).min(end - pos) as usize;
-                let at = (pos - offset) as usize;
-                m.read_page(&self.data.pc, idx, poff, &mut buf[at..at + n]);
+                let at = match m.slab_of(idx) {
+                    Some((slab, p)) if m.state(idx).resident => Some((slab, p, poff)),
+                    _ => None,
+                };
+                match (runs.last_mut(), at) {
+                    (Some((Some((s0, p0, o0)), len)), Some((slab, p, poff)))
+                        if *s0 == slab && *p0 * PAGE_SIZE + *o0 + *len == p * PAGE_SIZE + poff =>
+                    {
+                        *len += n
+                    }
+                    _ => runs.push((at, n)),
+                }
                 pos += n as u64;
             }
         }
+        let pc = &self.data.pc;
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(runs.len());
+        for &(at, len) in &runs {
+            match at {
+                // SAFETY: the file's rw lock is held shared until the sink has returned: the
+                // writers of these pages (write, truncate, fallocate) and eviction all take it
+                // exclusively, so nothing changes or frees them while the slices live; they are
+                // uptodate, so no reader fills them either.
+                Some((slab, p, poff)) => parts.push(unsafe { pc.arena.bytes(slab, p, poff, len) }),
+                None => parts.push(&ZEROS[..len]),
+            }
+        }
+        let n = put(sink, &parts)?;
+        drop(parts);
         d.ra_next.store(end, Ordering::Relaxed);
         if self.data.pc.over_limit() > 0 {
             self.shrink_cache(None);
         }
-        Ok(inode)
+        Ok(n)
     }
 
     /// Make the blocks of `[from, to)` uptodate in the cache, reading ahead past `to` (within
     /// the file size `fsize`). False when the cache has no slab to spare.
-    fn cache_range(&self, ino: Ino, d: &InodeData, from: u64, to: u64, fsize: u64) -> Result<bool> {
+    pub(super) fn cache_range(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        from: u64,
+        to: u64,
+        fsize: u64,
+    ) -> Result<bool> {
         let bs = self.block_size as u64;
         let bpp = PAGE_SIZE as u64 / bs;
         let first = from / bs;

@@ -254,7 +254,9 @@ impl Fs {
             return Err(Errno::EINVAL);
         }
         let (first, n) = (offset / bs, len / bs);
-        // Everything from `offset` on goes to disk and leaves the cache: the blocks move.
+        // Everything from `offset` on goes to disk and leaves the cache: the blocks move, so no
+        // window may keep showing those pages.
+        self.dax_revoke(ino, d, offset, u64::MAX);
         self.writeback_inode(ino, d, offset / PAGE_SIZE as u64, u64::MAX)?;
         self.forget_blocks_from(ino, d, first);
         self.unmap_range(ino, first, first + n)?;
@@ -312,6 +314,7 @@ impl Fs {
                 return Err(Errno::EFBIG);
             }
         }
+        self.dax_revoke(ino, d, offset, u64::MAX);
         self.writeback_inode(ino, d, offset / PAGE_SIZE as u64, u64::MAX)?;
         self.forget_blocks_from(ino, d, first);
         {

@@ -16,6 +16,40 @@ use crate::inode::bmap::Target;
 use crate::ondisk::inode::{I_BLOCK_LEN, Inode, flags};
 use crate::pagecache::{NoSlab, PAGE_SIZE, PageIndex, SlabId};
 
+/// The payload of a write: [`WriteSource::len`] bytes, copied out front to back, each byte once,
+/// straight into the page cache. A guest's descriptor memory or a slice of a request buffer.
+pub trait WriteSource {
+    /// The bytes the source holds.
+    fn len(&self) -> usize;
+    /// True when the source holds nothing.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copy the next `dst.len()` bytes into `dst`. The caller never asks for more than
+    /// [`WriteSource::len`] in total, and every implementation holds that many bytes, so this
+    /// cannot fail; an implementation that somehow comes up short fills the rest with zeros and
+    /// says so in [`WriteSource::failed`] (the transport then answers the write with an error).
+    fn copy_to(&mut self, dst: &mut [u8]);
+    /// True when a copy came up short (see [`WriteSource::copy_to`]).
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
+impl WriteSource for &[u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn copy_to(&mut self, dst: &mut [u8]) {
+        let n = dst.len().min(<[u8]>::len(self));
+        let (head, rest) = self.split_at(n);
+        dst[..n].copy_from_slice(head);
+        dst[n..].fill(0);
+        *self = rest;
+    }
+}
+
 /// FUSE_WRITE_KILL_SUIDGID: the writer is not privileged; drop suid/sgid as the kernel does.
 pub const KILL_SUIDGID: u32 = 1;
 
@@ -38,6 +72,17 @@ impl Fs {
     /// Write `data` at `offset` of regular file `ino`. Returns the bytes written (short only at
     /// the file size limit or when a later part failed).
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8], flags_: u32) -> Result<u32> {
+        self.write_from(ino, offset, &mut &data[..], flags_)
+    }
+
+    /// [`Fs::write`] of the bytes of `src`, copied from it straight into the page cache.
+    pub fn write_from(
+        &self,
+        ino: Ino,
+        offset: u64,
+        src: &mut dyn WriteSource,
+        flags_: u32,
+    ) -> Result<u32> {
         if self.is_read_only() {
             return Err(Errno::EROFS);
         }
@@ -58,12 +103,13 @@ impl Fs {
         if offset >= max {
             return Err(Errno::EFBIG);
         }
-        if data.is_empty() {
+        if src.is_empty() {
             return Ok(0);
         }
-        let data = &data[..(data.len() as u64).min(max - offset) as usize];
+        let len = (src.len() as u64).min(max - offset);
         if inode.has_flag(flags::INLINE_DATA)
-            && let Some(n) = self.inline_write(ino, &d, offset, data, flags_ & KILL_SUIDGID != 0)?
+            && let Some(n) =
+                self.inline_write(ino, &d, offset, len, src, flags_ & KILL_SUIDGID != 0)?
         {
             return Ok(n);
         }
@@ -72,7 +118,6 @@ impl Fs {
         } else {
             inode
         };
-        let len = data.len() as u64;
         let bs = self.block_size as u64;
         let first = offset / bs;
         let end_blk = (offset + len).div_ceil(bs);
@@ -95,7 +140,8 @@ impl Fs {
         for &(s, l) in &holes {
             self.es.insert(ino, s, l, Status::Delayed);
         }
-        let (done, err) = self.copy_into_pages(ino, &d, offset, data);
+        self.dax_redirty_range(&d, offset, offset + len);
+        let (done, err) = self.copy_into_pages(ino, &d, offset, len as usize, src);
         if (done as u64) < len {
             // Release the delayed blocks no byte of this write reached.
             let keep_to = (offset + done as u64).div_ceil(bs);
@@ -123,16 +169,18 @@ impl Fs {
 
     /// Write into an inline-data file while the result still fits the inode (`i_block` and the
     /// `system.data` attribute), as the kernel keeps small files inline: one handle, no page
-    /// cache. `None` when it would not fit (the caller moves the data to a block).
+    /// cache. `None` when it would not fit (the caller moves the data to a block); `src` is
+    /// consumed only when it fits.
     fn inline_write(
         &self,
         ino: Ino,
         d: &InodeData,
         offset: u64,
-        data: &[u8],
+        len: u64,
+        src: &mut dyn WriteSource,
         kill_suid: bool,
     ) -> Result<Option<u32>> {
-        let end = offset + data.len() as u64;
+        let end = offset + len;
         let _g = self.ns_write();
         let mut inode = self.read_inode(ino)?;
         let Some(room) = self.max_inline_xattr(ino, &inode)? else {
@@ -144,7 +192,7 @@ impl Fs {
         let size = inode.size.max(end);
         let mut content = self.inline_data(ino, &inode)?;
         content.resize(size as usize, 0);
-        content[offset as usize..end as usize].copy_from_slice(data);
+        src.copy_to(&mut content[offset as usize..end as usize]);
         let head = content.len().min(I_BLOCK_LEN);
         inode.block[..head].copy_from_slice(&content[..head]);
         let tail = content.get(I_BLOCK_LEN..).unwrap_or(&[]).to_vec();
@@ -156,13 +204,13 @@ impl Fs {
         inode.size = size;
         modified(&mut inode, kill_suid);
         self.store_inode(ino, &inode)?;
-        Ok(Some(data.len() as u32))
+        Ok(Some(len as u32))
     }
 
     /// An inline-data file is about to get data past what its inode holds: move the data to a
     /// block (written at once, before the map that points to it commits) and return the inode
     /// as it is now.
-    fn inline_to_blocks(&self, ino: Ino, d: &InodeData) -> Result<Inode> {
+    pub(super) fn inline_to_blocks(&self, ino: Ino, d: &InodeData) -> Result<Inode> {
         let _g = self.ns_write();
         let mut inode = self.read_inode(ino)?;
         if !inode.has_flag(flags::INLINE_DATA) {
@@ -237,7 +285,7 @@ impl Fs {
     /// Reserve `n` blocks for delayed allocation. When they do not fit: write back and commit
     /// (the kernel's retry after a forced commit), then try once more; ENOSPC is answered here,
     /// by write(), never later at writeback.
-    fn reserve_blocks(&self, ino: Ino, d: &InodeData, n: u64) -> Result<()> {
+    pub(super) fn reserve_blocks(&self, ino: Ino, d: &InodeData, n: u64) -> Result<()> {
         let pool = self.metadata_pool();
         if self.alloc.reserve(n, pool) {
             return Ok(());
@@ -263,26 +311,28 @@ impl Fs {
     /// Blocks kept free beside the delalloc reservations for the metadata writeback allocates
     /// (2% of the file system, at most 4096 blocks; the kernel's s_resv_clusters).
     pub(in crate::fs) fn metadata_pool(&self) -> u64 {
-        (self.sb.blocks_count / 50).min(4096)
+        self.alloc.metadata_pool()
     }
 
-    /// Copy `data` into the page cache at `offset`, filling partial blocks first. Returns the
-    /// bytes copied and, when short, why.
+    /// Copy `len` bytes of `src` into the page cache at `offset`, filling partial blocks
+    /// first. Returns the bytes copied and, when short, why. The caller holds the file's rw lock
+    /// exclusively.
     fn copy_into_pages(
         &self,
         ino: Ino,
         d: &InodeData,
         offset: u64,
-        data: &[u8],
+        len: usize,
+        src: &mut dyn WriteSource,
     ) -> (usize, Option<Errno>) {
         let pc = &self.data.pc;
         let bs = self.block_size as usize;
         let mut done = 0usize;
-        while done < data.len() {
+        while done < len {
             let pos = offset + done as u64;
             let idx: PageIndex = pos / PAGE_SIZE as u64;
             let poff = (pos % PAGE_SIZE as u64) as usize;
-            let n = (PAGE_SIZE - poff).min(data.len() - done);
+            let n = (PAGE_SIZE - poff).min(len - done);
             let (slab, p) = match self.page_for_write(ino, d, idx) {
                 Ok(x) => x,
                 Err(e) => return (done, Some(e)),
@@ -302,7 +352,10 @@ impl Fs {
                     d.pages().set_uptodate(idx, 1 << b);
                 }
             }
-            pc.arena.write(slab, p, poff, &data[done..done + n]);
+            // SAFETY: the caller holds the file's rw lock exclusively, and every reader, writer,
+            // writeback and eviction of this page takes it, so nothing else touches these bytes
+            // while the slice lives (to the end of this statement).
+            src.copy_to(unsafe { pc.arena.bytes_mut(slab, p, poff, n) });
             let mask = (((1u16 << (b1 + 1)) - 1) & !((1u16 << b0) - 1)) as u8;
             d.pages().set_dirty(pc, idx, mask);
             done += n;

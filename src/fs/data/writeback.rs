@@ -36,6 +36,8 @@ impl Fs {
         from: PageIndex,
         to: PageIndex,
     ) -> Result<()> {
+        // Pages a guest may have stored into through a writable window mapping.
+        self.dax_redirty(d);
         let dirty = d.pages().dirty_in(from, to);
         if dirty.is_empty() {
             return Ok(());
@@ -288,34 +290,59 @@ impl Fs {
     }
 
     /// Indirect-mapped file: allocate, map and write blocks `[l, l + n)` (a hole) under the
-    /// namespace lock, so the map cannot commit before the data is on the device.
+    /// namespace lock, so the map cannot commit before the data is on the device. Returns how
+    /// many blocks from `l` went home. When only blocks freed by uncommitted transactions are
+    /// left, commit and retry (jbd2's rule), as `alloc_unwritten` does.
     fn writeback_indirect(&self, ino: Ino, d: &InodeData, l: u64, n: u64) -> Result<u64> {
+        for attempt in 0..2 {
+            match self.writeback_indirect_once(ino, d, l, n) {
+                Err(Errno::ENOSPC) if attempt == 0 && self.alloc.busy_blocks() > 0 => {
+                    self.sync()?;
+                }
+                r => return r,
+            }
+        }
+        Err(Errno::ENOSPC)
+    }
+
+    fn writeback_indirect_once(&self, ino: Ino, d: &InodeData, l: u64, n: u64) -> Result<u64> {
         let _g = self.ns_write();
         let mut inode = self.read_inode(ino)?;
         let mut done = 0;
         let mut goal = 0;
+        let mut failed = None;
         while done < n {
             let b = l + done;
             // The block's reservation turns into the allocation.
             let delayed = self.delayed_in(ino, b, 1);
             self.es.remove(ino, b, 1);
             self.alloc.release(delayed);
-            let pblk = self.map_new_block(ino, &mut inode, b as u32, goal)?;
+            let pblk =
+                match self.map_new_data_block(ino, &mut inode, b as u32, goal, delayed as u32) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
             goal = pblk + 1;
-            let r = self.write_blocks(ino, d, b, 1, pblk);
-            if let Err(e) = r {
+            if let Err(e) = self.write_blocks(ino, d, b, 1, pblk) {
                 self.store_inode(ino, &inode)?;
                 return Err(e);
             }
             done += 1;
         }
-        let bs = self.block_size as u64;
-        {
+        // What was mapped and written stays (the inode holds its new pointers).
+        if done > 0 {
+            let bs = self.block_size as u64;
             let mut s = d.sizes();
-            s.disksize = s.disksize.max(((l + n) * bs).min(s.size));
+            s.disksize = s.disksize.max(((l + done) * bs).min(s.size));
         }
         self.store_inode(ino, &inode)?;
-        Ok(n)
+        match failed {
+            Some(e) if done == 0 => Err(e),
+            _ => Ok(done),
+        }
     }
 
     /// I/O completion: convert the written unwritten ranges (sorted, merged) and raise
