@@ -37,11 +37,12 @@ step "cargo test --release --no-fail-fast"
 cargo test --release --no-fail-fast
 
 # A fast slice of fstests through the host mount (FSTYP=fuse): fsx and fsstress, sparse and
-# mmap data tests, ACLs and file handles. ci/xfstests.sh installs fstests' build dependencies,
-# builds the unmodified snapshot from ../shared/fstests (or --fstests DIR|TARBALL) outside the
-# repository, and fails on any failure or on an image e2fsck finds unclean.
+# mmap data tests, ACLs and file handles, atime options, and setuid/setgid drops.
+# ci/xfstests.sh installs fstests' build dependencies, builds the unmodified snapshot from
+# ../shared/fstests (or --fstests DIR|TARBALL) outside the repository, and fails on any failure
+# or on an image e2fsck finds unclean.
 step "fstests: a fast slice through the host mount"
-bash ci/xfstests.sh --tests "generic/001 generic/013 generic/070 generic/075 generic/091 generic/112 generic/124 generic/247 generic/263 generic/319 generic/375 generic/426 generic/469 generic/756" \
+bash ci/xfstests.sh --tests "generic/001 generic/003 generic/013 generic/070 generic/075 generic/091 generic/112 generic/124 generic/247 generic/263 generic/319 generic/375 generic/426 generic/469 generic/683 generic/756" \
     --workdir /tmp/vhe-ci-xfstests --test-timeout 300 --timeout 1800
 
 # The guest test: a QEMU guest (TCG where KVM is missing) mounts the image over virtiofs (our fs

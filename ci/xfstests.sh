@@ -144,7 +144,7 @@ fi
 if [ -z "$daemon" ]; then
     step "cargo build --release"
     (cd "$repo" && nice timeout 3600 cargo build --release -q) || fail "cargo build failed"
-    daemon="$repo/target/release/vhost-ext4"
+    daemon="${CARGO_TARGET_DIR:-$repo/target}/release/vhost-ext4"
 fi
 daemon=$(realpath "$daemon")
 [ -x "$daemon" ] || fail "$daemon is not executable"
@@ -154,15 +154,23 @@ fsck_log="$logdir/fsck-unclean.log"
 if [ "$mode" = guest ]; then
     [ "$build_only" = 1 ] && { echo "fstests built in $src"; exit 0; }
 else
-cat >/sbin/mount.fuse.vhost-ext4 <<EOF
+# mount(8) finds the helper by the file system type, so there is one /sbin/mount.fuse.vhost-ext4
+# for every run on this machine. It holds no setting a run depends on: each run exports its own
+# helper script, daemon, log dir and e2fsck log to fstests (local.config below) and mount(8)
+# passes them on, so runs from several checkouts at once each mount with their own build. The
+# defaults (this run's) serve only mounts made outside a run. The file is replaced atomically.
+stub=$(mktemp /sbin/.mount.fuse.vhost-ext4.XXXXXX)
+cat >"$stub" <<EOF
 #!/bin/sh
-# Installed by ci/xfstests.sh: the vhost-ext4 mount helper with this run's settings.
+# Installed by ci/xfstests.sh: the vhost-ext4 mount helper. A run of ci/xfstests.sh exports the
+# VHE_* settings below to fstests; the defaults are those of the last run that installed this file.
 export VHE_DAEMON="\${VHE_DAEMON:-$daemon}"
 export VHE_LOG_DIR="\${VHE_LOG_DIR:-$logdir}"
 export VHE_FSCK_LOG="\${VHE_FSCK_LOG:-$fsck_log}"
-exec "$repo/ci/mount.fuse.vhost-ext4" "\$@"
+exec "\${VHE_MOUNT_HELPER:-$repo/ci/mount.fuse.vhost-ext4}" "\$@"
 EOF
-chmod 755 /sbin/mount.fuse.vhost-ext4
+chmod 755 "$stub"
+mv -f "$stub" /sbin/mount.fuse.vhost-ext4
 [ "$build_only" = 1 ] && { echo "fstests built in $src; helper installed"; exit 0; }
 fi
 
@@ -213,6 +221,11 @@ export SCRATCH_MNT=$scratch_mnt
 # subtype= (empty) makes the kernel type plain "fuse", which FSTYP=fuse expects.
 export MOUNT_OPTIONS="-o subtype="
 export TEST_FS_MOUNT_OPTS="-o subtype="
+# This run's mount helper settings (see /sbin/mount.fuse.vhost-ext4 above).
+export VHE_MOUNT_HELPER=$repo/ci/mount.fuse.vhost-ext4
+export VHE_DAEMON=$daemon
+export VHE_LOG_DIR=$logdir
+export VHE_FSCK_LOG=$fsck_log
 EOF
     step "fstests: ${selection[*]} (per test ${test_timeout}s, in all ${total_timeout}s)"
     start=$(date +%s)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use vhost_ext4::blockdev::{FileDevice, ImageIo};
-use vhost_ext4::fs::{Fs, MountOptions};
+use vhost_ext4::fs::{AtimePolicy, Fs, MountOptions};
 use vhost_ext4::fuse::{self, DispatchOptions, Dispatcher, MountConfig, Transport};
 
 #[derive(Parser)]
@@ -68,6 +68,12 @@ enum Command {
         /// Let the guest kernel cache writes (FUSE_WRITEBACK_CACHE).
         #[arg(long)]
         writeback_cache: bool,
+        /// How reads move access times (the guest's mount options do not reach us).
+        #[arg(long, default_value = "relatime", value_parser = ["relatime", "strictatime", "noatime"])]
+        atime: String,
+        /// Listing a directory never moves its access time.
+        #[arg(long)]
+        nodiratime: bool,
         /// Size of the DAX window (virtio shared memory region 0) offered to a frontend that
         /// supports the vhost-user SHMEM protocol feature, e.g. 512M or 1G; a multiple of
         /// 2 MiB, at most four times --cache-size; 0 turns it off.
@@ -236,6 +242,8 @@ fn run_mount(
     let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, data.cache_size)
         .map_err(|e| format!("cannot mount image {}: {}", image.display(), sentence(&e)))?;
     let fs = Arc::new(fs);
+    // noatime, relatime (the default) or strictatime, and nodiratime: reads move atime here.
+    fs.set_atime_policy(AtimePolicy::from_mount_flags(cfg.flags));
     let ro = fs.is_read_only();
     if !ro {
         Fs::start_commit_thread(&fs, std::time::Duration::from_secs(commit_interval.max(1)))
@@ -254,7 +262,15 @@ fn run_mount(
     if ro {
         cfg.flags |= libc::MS_RDONLY;
     }
+    // As mountinfo names it (resolved before the mount: afterwards it is ours to answer).
+    let canonical = mountpoint.canonicalize().ok();
     let session = fuse::mount(mountpoint, &cfg).map_err(|e| sentence(&e.to_string()))?;
+    // `mount -o remount,...` changes the flags without telling us: follow them for atime.
+    if let Some(m) = canonical
+        && let Err(e) = fuse::mountwatch::watch(m, Arc::clone(&fs))
+    {
+        log::warn!("cannot follow the mount's flags after a remount: {e}");
+    }
     spawn_signal_thread(sigset, mountpoint.to_path_buf(), Arc::clone(&fs));
 
     let served = session.serve(dispatcher, threads.unwrap_or_else(default_threads));
@@ -279,9 +295,19 @@ fn main() -> ExitCode {
             thread_pool_size,
             cache_size,
             writeback_cache,
+            atime,
+            nodiratime,
             dax_window,
         } => {
             init_logging(&b.log_level);
+            let mut flags = match atime.as_str() {
+                "strictatime" => libc::MS_STRICTATIME,
+                "noatime" => libc::MS_NOATIME,
+                _ => 0,
+            };
+            if nodiratime {
+                flags |= libc::MS_NODIRATIME;
+            }
             vhost_ext4::vhost::run_fs(vhost_ext4::vhost::FsArgs {
                 dax_window,
                 socket_path: b.socket_path,
@@ -295,6 +321,7 @@ fn main() -> ExitCode {
                 cache_size,
                 writeback_cache,
                 image_io: b.image_io,
+                atime: AtimePolicy::from_mount_flags(flags),
             })
         }
         Command::Blk {

@@ -258,3 +258,108 @@ fn rename_whiteout_leaves_a_character_device_0_0() {
     assert_eq!(md.rdev(), 0);
     assert_eq!(names.len(), 3, "{names:?}");
 }
+
+fn atime_of(fs: &Fs, ino: Ino) -> Timespec {
+    fs.getattr(ino).unwrap().atime
+}
+
+fn read_all(fs: &Fs, ino: Ino) -> Vec<u8> {
+    let mut out = Vec::new();
+    fs.read_into(ino, 0, 0, 1 << 16, &mut out).unwrap();
+    out
+}
+
+/// One listing of `dir` from the start, as a READDIR at offset 0 does.
+fn list_once(fs: &Fs, dir: Ino) {
+    let fh = fs.opendir(dir, 0).unwrap();
+    fs.readdir(dir, fh, 0, &mut |_| true).unwrap();
+    fs.releasedir(dir, fh);
+}
+
+#[test]
+fn reads_move_atime_as_the_mount_option_says() {
+    let t = tempfile::tempdir().unwrap();
+    let img = new_image(t.path());
+    let fs = mount_rw(&img);
+    let d = fs.mkdir(ROOT_INO, b"d", 0o755, &ctx()).unwrap();
+    let f = fs
+        .mknod(d.ino, b"f", libc::S_IFREG | 0o644, 0, &ctx())
+        .unwrap();
+    fs.write(f.ino, 0, b"aaa\n", 0).unwrap();
+    let written = atime_of(&fs, f.ino);
+
+    // The engine's default: reads leave atime alone.
+    assert_eq!(fs.atime_policy().mode, AtimeMode::Never);
+    assert_eq!(read_all(&fs, f.ino), b"aaa\n");
+    assert_eq!(atime_of(&fs, f.ino), written);
+    assert!(!fs.atime_due(f.ino).unwrap());
+
+    // relatime: the first read after a change moves atime past mtime, the next ones do not.
+    fs.set_atime_policy(AtimePolicy::from_mount_flags(0));
+    assert!(fs.atime_due(f.ino).unwrap(), "atime <= mtime: due");
+    read_all(&fs, f.ino);
+    let first = atime_of(&fs, f.ino);
+    let a = fs.getattr(f.ino).unwrap();
+    assert!(first > written && first > a.mtime && first > a.ctime);
+    assert!(!fs.atime_due(f.ino).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    read_all(&fs, f.ino);
+    assert_eq!(atime_of(&fs, f.ino), first);
+    // A write makes it due again.
+    fs.write(f.ino, 4, b"bbb\n", 0).unwrap();
+    assert!(fs.atime_due(f.ino).unwrap());
+    read_all(&fs, f.ino);
+    assert!(atime_of(&fs, f.ino) > fs.getattr(f.ino).unwrap().mtime);
+    // A directory listed from the start after an entry was added: its atime moves.
+    let before = atime_of(&fs, d.ino);
+    list_once(&fs, d.ino);
+    let listed = atime_of(&fs, d.ino);
+    assert!(listed > before);
+    // nodiratime: directories keep their atime, files do not.
+    fs.set_atime_policy(AtimePolicy::from_mount_flags(
+        libc::MS_STRICTATIME | libc::MS_NODIRATIME,
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    list_once(&fs, d.ino);
+    assert_eq!(atime_of(&fs, d.ino), listed);
+
+    // strictatime: every read moves it.
+    let mut last = atime_of(&fs, f.ino);
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        assert!(fs.atime_due(f.ino).unwrap());
+        read_all(&fs, f.ino);
+        let now = atime_of(&fs, f.ino);
+        assert!(now > last, "strictatime: {now:?} after {last:?}");
+        last = now;
+    }
+    // noatime wins over strictatime.
+    fs.set_atime_policy(AtimePolicy::from_mount_flags(
+        libc::MS_NOATIME | libc::MS_STRICTATIME,
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    read_all(&fs, f.ino);
+    assert_eq!(atime_of(&fs, f.ino), last);
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+
+    // The kernel reads back the atime we stored, to the nanosecond.
+    let mnt = kernel_mount(&img, "loop,ro,noatime");
+    let md = std::fs::metadata(mnt.join("d/f")).unwrap();
+    kernel_umount(&mnt);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((md.atime(), md.atime_nsec() as u32), (last.sec, last.nsec));
+
+    // A read-only mount never moves atime, whatever the option.
+    let ro = mount(&img);
+    assert!(ro.is_read_only());
+    ro.set_atime_policy(AtimePolicy::from_mount_flags(libc::MS_STRICTATIME));
+    let f = ro
+        .lookup(ro.lookup(ROOT_INO, b"d").unwrap().ino, b"f")
+        .unwrap();
+    assert!(!ro.atime_due(f.ino).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    assert_eq!(read_all(&ro, f.ino), b"aaa\nbbb\n");
+    assert_eq!(atime_of(&ro, f.ino), last);
+}

@@ -7,6 +7,7 @@
 //! (SEEK_DATA/HOLE), `data` (file data), `dir` (lookup, listing), `dirops`, `namespace`,
 //! `inline`, `xattr`, `orphan`, `ops` (the public operations), `sync` (unmount, commit thread).
 
+mod atime;
 mod attr;
 mod data;
 mod dir;
@@ -21,6 +22,7 @@ mod sync;
 mod types;
 mod xattr;
 
+pub use atime::{AtimeMode, AtimePolicy};
 pub use data::{
     DaxRevoker, FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, KILL_SUIDGID, ReadSink, Revoked, WriteSource,
@@ -58,6 +60,8 @@ pub struct Fs {
     linkable: Mutex<HashSet<Ino>>,
     /// File data: the page cache, delalloc, writeback (see `data`).
     data: data::DataState,
+    /// How reads move atime ([`AtimePolicy`], encoded; see `atime`).
+    atime: std::sync::atomic::AtomicU8,
 }
 
 impl std::ops::Deref for Fs {

@@ -100,6 +100,7 @@ impl Fs {
             linkable: Mutex::new(HashSet::new()),
             data: super::data::DataState::new(cache_bytes)
                 .map_err(|e| format!("cannot set up the page cache: {e}"))?,
+            atime: Default::default(),
         };
         let root = fs
             .read_inode(ROOT_INO)

@@ -183,13 +183,18 @@ impl Fs {
             // A rewind re-reads the directory, as the kernel does.
             Some(l) if offset != 0 => l,
             _ => {
-                let _g = self.ns_read();
-                let inode = self.read_inode(ino)?;
-                let l = Arc::new(self.list_dir(ino, &inode)?);
+                let (inode, l) = {
+                    let _g = self.ns_read();
+                    let inode = self.read_inode(ino)?;
+                    let l = Arc::new(self.list_dir(ino, &inode)?);
+                    (inode, l)
+                };
                 self.dir_handles
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(fh, l.clone());
+                // Listing from the start reads the directory: its atime may move.
+                self.accessed(ino, &inode);
                 l
             }
         };

@@ -6,7 +6,7 @@ pub use crate::volume::Ino;
 /// The root directory's ext4 inode number.
 pub const ROOT_INO: Ino = 2;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timespec {
     pub sec: i64,
     pub nsec: u32,

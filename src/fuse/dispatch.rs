@@ -6,6 +6,7 @@
 //! the guest's buffers), so READ and WRITE data is copied once (see `fuse/io.rs`).
 
 use super::abi::{self, init_flags, opcode};
+use super::caller::{self, Caller};
 use super::io::ReplySink;
 use super::reply;
 use super::request::{self, Op, ParseConfig};
@@ -102,8 +103,10 @@ pub const PAGE_SIZE: usize = 4096;
 
 /// INIT flags we accept when the kernel offers them. With POSIX_ACL the kernel checks and caches
 /// ACLs, and with DONT_MASK it leaves the umask to us (the engine applies it, or a directory's
-/// default ACL instead); SETXATTR_EXT carries SETXATTR_ACL_KILL_SGID. HANDLE_KILLPRIV_V2 waits
-/// for the data path; SECURITY_CTX, … are not needed.
+/// default ACL instead); SETXATTR_EXT carries SETXATTR_ACL_KILL_SGID. Without HANDLE_KILLPRIV
+/// (v1 or v2) the kernel drops setuid/setgid itself before a write, truncate or fallocate, with
+/// a SETATTR of the mode (which `caller` completes); with it, nothing would tell us of a
+/// fallocate's. SECURITY_CTX, … are not needed.
 const WANTED_INIT_FLAGS: u64 = init_flags::ASYNC_READ
     | init_flags::POSIX_ACL
     | init_flags::DONT_MASK
@@ -120,9 +123,10 @@ const WANTED_INIT_FLAGS: u64 = init_flags::ASYNC_READ
 /// log2 of the window alignment we announce with FUSE_MAP_ALIGNMENT (4 KiB pages).
 pub const DAX_MAP_ALIGNMENT_LOG2: u16 = 12;
 
-/// `open_flags` of every OPEN and CREATE reply for a regular file.
+/// `open_flags` of OPEN and CREATE replies for a regular file.
 /// * `KEEP_CACHE`: file data changes only through this client's own requests, so the kernel's
-///   page cache stays valid across opens.
+///   page cache stays valid across opens — except when a read would move atime (see
+///   `file_open_flags`).
 /// * `NOFLUSH`: there is nothing to do at close (no write-back state, no remote POSIX locks), so
 ///   the kernel need not send FLUSH — a round trip saved on every close. (With a writeback cache
 ///   the kernel ignores the flag and flushes anyway.)
@@ -377,7 +381,7 @@ impl Dispatcher {
                     return Err(Errno::EROFS);
                 }
                 let fh = fs.open(ino, o.flags)?;
-                Ok(Some(open_reply(unique, fh, FILE_OPEN_FLAGS)))
+                Ok(Some(open_reply(unique, fh, self.file_open_flags(ino))))
             }
             Op::Read(r) => {
                 let size = (r.size as usize).min(self.max_read());
@@ -538,7 +542,17 @@ impl Dispatcher {
         };
         match op {
             Op::Setattr(s) => {
-                let a = fs.setattr(ino, &setattr_of(s)?)?;
+                trace!(
+                    "fuse: SETATTR node {} valid {:#x} mode {:o} by uid {} gid {} pid {}",
+                    h.nodeid, s.valid, s.mode, h.uid, h.gid, h.pid
+                );
+                let mut sa = setattr_of(s)?;
+                if sa.mode.is_some_and(|m| m & libc::S_ISGID != 0) {
+                    // Setgid stays only for a caller that may keep it (see `caller`).
+                    let cur = fs.getattr(ino)?;
+                    sa.mode = caller::setattr_mode(&cur, &sa, &self.caller(h));
+                }
+                let a = fs.setattr(ino, &sa)?;
                 let out = reply::attr_out(&a, self.opts.attr_timeout);
                 Ok(Some(reply::build(unique, abi::AttrOut::SIZE, |v| {
                     out.encode(v)
@@ -789,7 +803,7 @@ impl Dispatcher {
         );
         let o = abi::OpenOut {
             fh,
-            open_flags: FILE_OPEN_FLAGS,
+            open_flags: self.file_open_flags(a.ino),
             backing_id: 0,
         };
         Ok(reply::build(
@@ -800,6 +814,24 @@ impl Dispatcher {
                 o.encode(v);
             },
         ))
+    }
+
+    /// The credentials of a request's caller: on a host mount its pid is a process here.
+    fn caller(&self, h: &abi::InHeader) -> Caller {
+        match self.opts.transport {
+            Transport::DevFuse => Caller::from_host_process(h.uid, h.gid, h.pid),
+            Transport::Virtio => Caller::from_header(h.uid, h.gid),
+        }
+    }
+
+    /// The `open_flags` for an open of regular file `ino`: [`FILE_OPEN_FLAGS`], without
+    /// KEEP_CACHE when a read now would move the file's atime — the kernel then drops its cached
+    /// pages of the file, so the reads come to us and we can move it (atime is ours to keep).
+    fn file_open_flags(&self, ino: Ino) -> u32 {
+        match self.fs.atime_due(ino) {
+            Ok(true) => FILE_OPEN_FLAGS & !abi::fopen::KEEP_CACHE,
+            _ => FILE_OPEN_FLAGS,
+        }
     }
 
     fn destroy(&self, unique: u64) -> Handled {
@@ -1005,7 +1037,7 @@ fn xattr_reply(unique: u64, value: &[u8], size: u32) -> Result<Vec<u8>, Errno> {
 pub(crate) mod tests {
     use super::*;
     use crate::blockdev::MemDevice;
-    use crate::fs::MountOptions;
+    use crate::fs::{AtimePolicy, MountOptions};
     use crate::fuse::abi::{InitOut, OutHeader};
     use crate::fuse::request::build;
     use crate::fuse::request::tests::Rng;
@@ -1616,5 +1648,147 @@ pub(crate) mod tests {
             .dispatch(&build(opcode::RELEASEDIR, 84, 1, &[&rel]))
             .unwrap();
         assert_eq!(decode(&r, 84).0, 0);
+    }
+
+    fn writable_dispatcher(transport: Transport) -> Dispatcher {
+        let bytes = make_image().expect("mke2fs (e2fsprogs) is needed to build the test image");
+        let dev = Arc::new(MemDevice::from_vec(bytes));
+        let fs = Fs::mount(dev, &MountOptions { read_only: false }).expect("mount test image");
+        assert!(!fs.is_read_only());
+        let d = Dispatcher::new(Arc::new(fs), DispatchOptions::exclusive(transport));
+        do_init(&d);
+        d
+    }
+
+    /// A request from `uid`:`gid`, process `pid`.
+    fn build_as(op: u32, unique: u64, node: u64, body: &[&[u8]], ids: (u32, u32, u32)) -> Vec<u8> {
+        let mut m = build(op, unique, node, body);
+        m[24..28].copy_from_slice(&ids.0.to_le_bytes());
+        m[28..32].copy_from_slice(&ids.1.to_le_bytes());
+        m[32..36].copy_from_slice(&ids.2.to_le_bytes());
+        m
+    }
+
+    fn open_flags(d: &Dispatcher, node: u64) -> u32 {
+        let r = d
+            .dispatch(&build(opcode::OPEN, 95, node, &[&[0u8; 8]]))
+            .unwrap();
+        let (err, payload) = decode(&r, 95);
+        assert_eq!(err, 0);
+        abi::OpenOut::decode(payload).unwrap().open_flags
+    }
+
+    /// The kernel serves reads from its page cache without asking us; when a read would move
+    /// atime, OPEN lets it keep nothing, so the READ comes and moves it.
+    #[test]
+    fn open_drops_the_kernel_cache_when_a_read_moves_atime() {
+        let d = writable_dispatcher(Transport::DevFuse);
+        let hello = lookup(&d, 1, "hello");
+        let keep = abi::fopen::KEEP_CACHE | abi::fopen::NOFLUSH;
+        // The engine's default policy is noatime.
+        assert_eq!(open_flags(&d, hello.nodeid), keep);
+        d.fs.set_atime_policy(AtimePolicy::from_mount_flags(0));
+        // An atime older than mtime: the next read moves it (relatime).
+        d.fs.setattr(
+            hello.nodeid,
+            &SetAttr {
+                atime: Some(TimeSet::At(Timespec { sec: 1, nsec: 0 })),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(open_flags(&d, hello.nodeid), abi::fopen::NOFLUSH);
+        let fh = open(&d, opcode::OPEN, hello.nodeid);
+        let r = d
+            .dispatch(&build(
+                opcode::READ,
+                96,
+                hello.nodeid,
+                &[&read_in(fh, 0, 4096)],
+            ))
+            .unwrap();
+        assert_eq!(decode(&r, 96), (0, &b"hello, world\n"[..]));
+        let a = d.fs.getattr(hello.nodeid).unwrap();
+        assert!(a.atime > a.mtime && a.atime > a.ctime, "{a:?}");
+        // Moved: the kernel may keep its cache again.
+        assert_eq!(open_flags(&d, hello.nodeid), keep);
+        // A new file (CREATE): atime equals mtime, so its first read is due.
+        let mut body = Vec::new();
+        abi::CreateIn {
+            flags: libc::O_RDWR as u32,
+            mode: libc::S_IFREG | 0o644,
+            ..Default::default()
+        }
+        .encode(&mut body);
+        body.extend_from_slice(b"new\0");
+        let r = d.dispatch(&build(opcode::CREATE, 97, 1, &[&body])).unwrap();
+        let (err, payload) = decode(&r, 97);
+        assert_eq!(err, 0);
+        let o = abi::OpenOut::decode(&payload[abi::EntryOut::SIZE..]).unwrap();
+        assert_eq!(o.open_flags, abi::fopen::NOFLUSH);
+    }
+
+    /// The kernel's FUSE client drops setuid but keeps setgid of a file that is not
+    /// group-executable when an unprivileged non-member writes it; the VFS drops both.
+    #[test]
+    fn a_privilege_drop_by_a_non_member_takes_setgid() {
+        let setattr_mode = |mode: u32| {
+            let mut v = Vec::new();
+            abi::SetattrIn {
+                valid: abi::fattr::MODE,
+                mode,
+                ..Default::default()
+            }
+            .encode(&mut v);
+            v
+        };
+        for transport in [Transport::DevFuse, Transport::Virtio] {
+            let d = writable_dispatcher(transport);
+            let hello = lookup(&d, 1, "hello");
+            let mode = |d: &Dispatcher| d.fs.getattr(hello.nodeid).unwrap().mode & 0o7777;
+            let send = |d: &Dispatcher, m: u32, ids: (u32, u32, u32)| {
+                let body = setattr_mode(libc::S_IFREG | m);
+                let r = d
+                    .dispatch(&build_as(opcode::SETATTR, 98, hello.nodeid, &[&body], ids))
+                    .unwrap();
+                assert_eq!(decode(&r, 98).0, 0);
+            };
+            // Root (the owner) sets both bits; they stay.
+            send(&d, 0o6666, (0, 0, 1));
+            assert_eq!(mode(&d), 0o6666);
+            // The kernel's drop for user 1001 (not in group 0; a process that does not exist,
+            // so only the header speaks): setgid goes too.
+            send(&d, 0o2666, (1001, 1001, u32::MAX));
+            assert_eq!(mode(&d), 0o666, "{transport:?}");
+            // A caller in the file's group keeps setgid.
+            send(&d, 0o6666, (0, 0, 1));
+            send(&d, 0o2666, (1001, 0, u32::MAX));
+            assert_eq!(mode(&d), 0o2666, "{transport:?}");
+        }
+        // On a host mount the caller's process tells its groups and capabilities: this test
+        // runs as root with CAP_FSETID, so even as uid 1001 in the header it keeps setgid.
+        let d = writable_dispatcher(Transport::DevFuse);
+        let hello = lookup(&d, 1, "hello");
+        let body = setattr_mode(libc::S_IFREG | 0o2666);
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() } as u32;
+        let caps = std::fs::read_to_string(format!("/proc/{me}/status")).unwrap();
+        let r = d
+            .dispatch(&build_as(
+                opcode::SETATTR,
+                99,
+                hello.nodeid,
+                &[&body],
+                (1001, 1001, me),
+            ))
+            .unwrap();
+        assert_eq!(decode(&r, 99).0, 0);
+        let fsetid = caps
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|c| u64::from_str_radix(c.trim(), 16).ok())
+            .is_some_and(|c| c & (1 << 4) != 0);
+        let expect = if fsetid { 0o2666 } else { 0o666 };
+        assert_eq!(d.fs.getattr(hello.nodeid).unwrap().mode & 0o7777, expect);
     }
 }

@@ -2,10 +2,12 @@
 //! `/dev/fuse` transport. The dispatcher knows nothing of the transport.
 
 pub mod abi;
+pub mod caller;
 pub mod dax;
 pub mod devfuse;
 pub mod dispatch;
 pub mod io;
+pub mod mountwatch;
 pub mod options;
 pub mod permission;
 pub mod reply;

@@ -59,6 +59,8 @@ pub struct FsArgs {
     pub writeback_cache: bool,
     /// `--image-io direct|buffered`: how the image file is accessed.
     pub image_io: ImageIo,
+    /// `--atime`, `--nodiratime`: how reads move access times (default relatime).
+    pub atime: crate::fs::AtimePolicy,
     /// `--dax-window SIZE`: the DAX window offered as shared memory region 0 (a multiple of
     /// 2 MiB; 0 = none). Used only when the frontend negotiates SHMEM.
     pub dax_window: u64,
@@ -78,6 +80,7 @@ impl Default for FsArgs {
             cache_size: crate::pagecache::DEFAULT_CACHE_BYTES,
             writeback_cache: false,
             image_io: ImageIo::Direct,
+            atime: crate::fs::AtimePolicy::from_mount_flags(0),
             dax_window: dax::DEFAULT_WINDOW,
         }
     }
@@ -221,6 +224,8 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
     let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, args.cache_size)
         .map_err(|e| format!("cannot mount image {}: {e}", image.display()))?;
     let fs = Arc::new(fs);
+    // The guest's mount options do not reach us: `--atime` (relatime, the Linux default).
+    fs.set_atime_policy(args.atime);
     if !fs.is_read_only() {
         Fs::start_commit_thread(&fs, std::time::Duration::from_secs(5))
             .map_err(|e| format!("cannot start the commit thread: {e}"))?;

@@ -11,7 +11,7 @@ use crate::errno::{Errno, Result};
 use crate::fs::Fs;
 use crate::fs::types::Ino;
 use crate::inode::bmap::Target;
-use crate::ondisk::inode::flags;
+use crate::ondisk::inode::{Inode, flags};
 use crate::pagecache::{NoSlab, PAGE_SIZE, SLAB_PAGES, SlabId};
 use std::sync::atomic::Ordering;
 
@@ -82,15 +82,25 @@ impl Fs {
         size: u32,
         sink: &mut dyn ReadSink,
     ) -> Result<usize> {
-        self.read_cached(ino, offset, size, sink)
+        let mut seen = None;
+        let n = self.read_cached(ino, offset, size, sink, &mut seen)?;
+        // A read moves atime as the mount's option says (see `atime`).
+        if size != 0
+            && let Some(inode) = seen
+        {
+            self.accessed(ino, &inode);
+        }
+        Ok(n)
     }
 
+    /// The read itself; `seen` gets the inode as it was at the start (for the atime update).
     fn read_cached(
         &self,
         ino: Ino,
         offset: u64,
         size: u32,
         sink: &mut dyn ReadSink,
+        seen: &mut Option<Inode>,
     ) -> Result<usize> {
         let put = |sink: &mut dyn ReadSink, parts: &[&[u8]]| -> Result<usize> {
             sink.put(parts).map_err(|e| {
@@ -106,6 +116,7 @@ impl Fs {
         if inode.is_dir() {
             return Err(Errno::EISDIR);
         }
+        *seen = Some(inode.clone());
         if !inode.is_reg()
             || inode.has_flag(flags::INLINE_DATA)
             || self.block_size as usize > PAGE_SIZE
