@@ -82,6 +82,8 @@ mod crash_test_support;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod errors_policy_tests;
+#[cfg(test)]
 mod fstests_fixes_tests;
 #[cfg(test)]
 mod fuzz_tests;

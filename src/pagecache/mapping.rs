@@ -6,8 +6,8 @@
 //!
 //! Locking: a `Mapping` is owned by one file's `Mutex`; the [`PageCache`] counters are atomics.
 
-use super::PageCache;
 use super::arena::{PAGE_SIZE, SLAB_PAGES, SlabId};
+use super::limits::PageCache;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
