@@ -4,8 +4,8 @@
 //! derefs to it); it knows nothing of FUSE, lookups or file handles.
 //!
 //! Submodules: `incore` (the in-core inode table), `commit` (journal handles, commits,
-//! checkpoints, the commit thread), `errors` (the superblock's error policy), `journal`
-//! (loading the internal journal).
+//! checkpoints, the commit thread), `errors` (the superblock's error policy). Loading the
+//! internal journal maps its inode: `inode::journal_map`.
 //!
 //! Lock order: see ARCHITECTURE.md ("Locks"); here: commit lock → `ns` → buffer cache → journal
 //! log state, and `ns` → allocator → buffer cache.
@@ -13,7 +13,6 @@
 pub(crate) mod commit;
 pub(crate) mod errors;
 pub(crate) mod incore;
-mod journal;
 
 use crate::alloc::{Allocator, MetaIo};
 use crate::blockdev::BlockDevice;

@@ -1,10 +1,10 @@
 //! The file system's side of its internal journal: finding the journal inode's blocks. Writing the
 //! log is the journal layer's job (`crate::journal::commit`).
 
-use super::Volume;
 use crate::errno::Result;
 use crate::inode::bmap::Target;
 use crate::journal::commit::JournalWriter;
+use crate::volume::Volume;
 
 impl Volume {
     /// Map journal inode `jino` and load its journal.
