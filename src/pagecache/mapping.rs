@@ -144,22 +144,7 @@ impl Mapping {
     /// meanwhile. Returns the slab.
     pub fn pin(&mut self, pc: &PageCache, c: u64, write: bool) -> Result<SlabId, NoSlab> {
         let tick = pc.tick.fetch_add(1, Ordering::Relaxed);
-        let ch = match self.chunks.entry(c) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let slab = pc.arena.alloc_slab().ok_or(NoSlab)?;
-                e.insert(Chunk {
-                    slab,
-                    pages: vec![PageState::default(); SLAB_PAGES].into_boxed_slice(),
-                    resident: 0,
-                    dirty: 0,
-                    writeback: 0,
-                    last_use: tick,
-                    pins: 0,
-                    write_pins: 0,
-                })
-            }
-        };
+        let ch = chunk_or_new(&mut self.chunks, pc, c, tick)?;
         ch.last_use = tick;
         ch.pins += 1;
         if ch.pins == 1 {
@@ -242,22 +227,7 @@ impl Mapping {
     ) -> Result<(SlabId, usize), NoSlab> {
         let (c, p) = split(idx);
         let tick = pc.tick.fetch_add(1, Ordering::Relaxed);
-        let ch = match self.chunks.entry(c) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let slab = pc.arena.alloc_slab().ok_or(NoSlab)?;
-                e.insert(Chunk {
-                    slab,
-                    pages: vec![PageState::default(); SLAB_PAGES].into_boxed_slice(),
-                    resident: 0,
-                    dirty: 0,
-                    writeback: 0,
-                    last_use: tick,
-                    pins: 0,
-                    write_pins: 0,
-                })
-            }
-        };
+        let ch = chunk_or_new(&mut self.chunks, pc, c, tick)?;
         ch.last_use = tick;
         if !ch.pages[p].resident {
             ch.pages[p].resident = true;
@@ -571,6 +541,31 @@ impl Mapping {
             _ => dst.fill(0),
         }
     }
+}
+
+/// Chunk `c`, given a free slab when it has none.
+fn chunk_or_new<'a>(
+    chunks: &'a mut BTreeMap<u64, Chunk>,
+    pc: &PageCache,
+    c: u64,
+    tick: u64,
+) -> Result<&'a mut Chunk, NoSlab> {
+    Ok(match chunks.entry(c) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(e) => {
+            let slab = pc.arena.alloc_slab().ok_or(NoSlab)?;
+            e.insert(Chunk {
+                slab,
+                pages: vec![PageState::default(); SLAB_PAGES].into_boxed_slice(),
+                resident: 0,
+                dirty: 0,
+                writeback: 0,
+                last_use: tick,
+                pins: 0,
+                write_pins: 0,
+            })
+        }
+    })
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::extent::Status;
 use crate::fs::Fs;
 use crate::fs::types::Ino;
 use crate::ondisk::inode::flags;
-use crate::pagecache::{Mapping, NoSlab, PAGE_SIZE, SLAB_PAGES, SLAB_SIZE};
+use crate::pagecache::{Mapping, PAGE_SIZE, SLAB_PAGES, SLAB_SIZE};
 use std::os::fd::RawFd;
 use std::sync::{Arc, Weak};
 
@@ -135,23 +135,9 @@ impl Fs {
 
     /// Pin chunk `c`, making room in the cache when no slab is free.
     fn pin_chunk(&self, ino: Ino, d: &InodeData, c: u64, write: bool) -> Result<u32> {
-        for attempt in 0..3 {
-            let mut m = d.pages();
-            match m.pin(&self.data.pc, c, write) {
-                Ok(s) => return Ok(s),
-                Err(NoSlab) => {
-                    if attempt == 1 {
-                        drop(m);
-                        self.writeback_inode(ino, d, 0, u64::MAX)?;
-                        self.writeback_others(ino)?;
-                        m = d.pages();
-                    }
-                    self.shrink_cache(Some((d, &mut m)));
-                }
-            }
-        }
-        log::error!("inode {ino}: no slab left for a window mapping");
-        Err(Errno::ENOMEM)
+        self.with_slab_room(ino, d, "no slab left for a window mapping", |m| {
+            m.pin(&self.data.pc, c, write)
+        })
     }
 
     /// Read in the pages of the mapping within EOF; for a writable one, reserve its holes and

@@ -406,17 +406,32 @@ impl Fs {
         }
     }
 
-    /// The page `idx` of the file, resident, for a write: when no slab is free, evict clean
-    /// pages (ours too) and, failing that, write our dirty pages back first.
+    /// The page `idx` of the file, resident, for a write (see [`Fs::with_slab_room`]).
     fn page_for_write(&self, ino: Ino, d: &InodeData, idx: PageIndex) -> Result<(SlabId, usize)> {
+        self.with_slab_room(
+            ino,
+            d,
+            "the page cache has no room left (every page is dirty or in use)",
+            |m| m.get_or_create(&self.data.pc, idx),
+        )
+    }
+
+    /// Run `take` (which needs a slab) on the file's mapping; when no slab is free, evict clean
+    /// pages (ours too) and, failing that, write back our dirty pages and other files' first.
+    pub(super) fn with_slab_room<T>(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        why: &str,
+        mut take: impl FnMut(&mut crate::pagecache::Mapping) -> std::result::Result<T, NoSlab>,
+    ) -> Result<T> {
         for attempt in 0..3 {
             let mut m = d.pages();
-            match m.get_or_create(&self.data.pc, idx) {
+            match take(&mut m) {
                 Ok(x) => return Ok(x),
                 Err(NoSlab) => {
                     if attempt == 1 {
-                        // Every slab holds dirty pages: write them back (ours and other
-                        // files'), then evict.
+                        // Every slab holds dirty pages: write them back, then evict.
                         drop(m);
                         self.writeback_inode(ino, d, 0, u64::MAX)?;
                         self.writeback_others(ino)?;
@@ -426,7 +441,7 @@ impl Fs {
                 }
             }
         }
-        log::error!("inode {ino}: the page cache has no room left (every page is dirty or in use)");
+        log::error!("inode {ino}: {why}");
         Err(Errno::ENOMEM)
     }
 
