@@ -90,6 +90,8 @@ mod fuzz_tests;
 #[cfg(test)]
 mod inline_tests;
 #[cfg(test)]
+mod slab_reuse_tests;
+#[cfg(test)]
 mod status_tests;
 #[cfg(test)]
 mod tests;

@@ -1,13 +1,20 @@
 //! The arena: one large *sparse* memfd, mapped once into the daemon, carved into 2 MiB slabs.
 //! A slab holds the pages of one (inode, 2 MiB-aligned file range); page *i* of that range sits
 //! at slab offset *i* × 4 KiB, so a whole chunk of a file is one contiguous piece of the memfd
-//! (what a DAX window maps with one request). A page costs memory only once touched; dropping it
-//! gives the memory back with `fallocate(PUNCH_HOLE)`.
+//! (what a DAX window maps with one request). A page costs memory only once touched; punching it
+//! (`fallocate(PUNCH_HOLE)`) gives the memory back.
+//!
+//! Free slabs are of two kinds. *Clean* ones were punched: every page reads as zeros. *Kept* ones
+//! still hold their last owner's pages ([`PageBits`] says which), so a new owner writes into
+//! memory that is already there instead of faulting in fresh zeroed pages; they are handed out
+//! first, most recently freed first. A kept slab's old bytes belong to another file: its new
+//! owner must write or zero a page before anything reads it (see `mapping`).
 //!
 //! This module owns the only `unsafe` of the page cache: the mapping and the raw copies in and
 //! out of it. Callers serialize access to a page through the owning file's locks (see
 //! `fs::data`); the arena itself only checks bounds.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
@@ -22,11 +29,61 @@ pub const SLAB_SIZE: usize = PAGE_SIZE * SLAB_PAGES;
 /// Index of a slab in the arena.
 pub type SlabId = u32;
 
+/// One bit per page of a slab (bit *i*: page *i*).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageBits([u64; SLAB_PAGES / 64]);
+
+impl PageBits {
+    pub fn get(&self, page: usize) -> bool {
+        self.0[page / 64] & (1 << (page % 64)) != 0
+    }
+
+    pub fn set(&mut self, page: usize) {
+        self.0[page / 64] |= 1 << (page % 64);
+    }
+
+    pub fn clear(&mut self, page: usize) {
+        self.0[page / 64] &= !(1 << (page % 64));
+    }
+
+    /// Pages set.
+    pub fn count(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+
+    /// Runs of set pages: (first page, pages), in order.
+    pub fn runs(&self) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for p in (0..SLAB_PAGES).filter(|&p| self.get(p)) {
+            match out.last_mut() {
+                Some((s, n)) if *s + *n == p => *n += 1,
+                _ => out.push((p, 1)),
+            }
+        }
+        out
+    }
+}
+
+/// The free slabs.
+#[derive(Default)]
+struct FreeSlabs {
+    /// Punched: every page reads as zeros.
+    clean: Vec<SlabId>,
+    /// Still holding their last owner's pages; the most recently freed at the back.
+    kept: VecDeque<(SlabId, PageBits)>,
+    /// Pages the kept slabs hold.
+    kept_pages: usize,
+}
+
 pub struct Arena {
     fd: OwnedFd,
     base: *mut u8,
     slabs: u32,
-    free: Mutex<Vec<SlabId>>,
+    free: Mutex<FreeSlabs>,
 }
 
 // SAFETY: the arena is a fixed MAP_SHARED mapping that lives as long as the value; the pointer is
@@ -71,7 +128,10 @@ impl Arena {
             fd,
             base: base as *mut u8,
             slabs,
-            free: Mutex::new((0..slabs).rev().collect()),
+            free: Mutex::new(FreeSlabs {
+                clean: (0..slabs).rev().collect(),
+                ..FreeSlabs::default()
+            }),
         })
     }
 
@@ -84,23 +144,70 @@ impl Arena {
         self.slabs
     }
 
-    /// Slabs not in use.
-    pub fn free_slabs(&self) -> usize {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).len()
+    fn free_list(&self) -> std::sync::MutexGuard<'_, FreeSlabs> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Take a free slab (its pages read as zeros), or `None` when all are in use.
-    pub fn alloc_slab(&self) -> Option<SlabId> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    /// Slabs not in use (clean and kept).
+    pub fn free_slabs(&self) -> usize {
+        let f = self.free_list();
+        f.clean.len() + f.kept.len()
+    }
+
+    /// Pages the kept free slabs hold.
+    pub fn kept_pages(&self) -> usize {
+        self.free_list().kept_pages
+    }
+
+    /// Take a free slab, or `None` when all are in use: the most recently kept one first, with
+    /// the pages that still hold its last owner's bytes; else a clean one (no page set: every
+    /// page reads as zeros).
+    pub fn alloc_slab(&self) -> Option<(SlabId, PageBits)> {
+        let mut f = self.free_list();
+        if let Some((slab, held)) = f.kept.pop_back() {
+            f.kept_pages -= held.count();
+            return Some((slab, held));
+        }
+        f.clean.pop().map(|s| (s, PageBits::default()))
     }
 
     /// Give a slab back; its memory is released.
     pub fn free_slab(&self, slab: SlabId) {
         self.punch(slab, 0, SLAB_PAGES);
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(slab);
+        self.free_list().clean.push(slab);
+    }
+
+    /// Give a slab back but keep its memory (`held`: the pages that hold any) for the next
+    /// [`Arena::alloc_slab`].
+    pub fn keep_slab(&self, slab: SlabId, held: PageBits) {
+        if held.is_empty() {
+            self.free_list().clean.push(slab);
+            return;
+        }
+        let mut f = self.free_list();
+        f.kept_pages += held.count();
+        f.kept.push_back((slab, held));
+    }
+
+    /// Release the memory of kept slabs, the least recently kept first, until at least `pages`
+    /// pages went (or none is left). Returns the pages released.
+    pub fn trim_kept(&self, pages: usize) -> usize {
+        let mut done = 0;
+        while done < pages {
+            let Some((slab, held)) = ({
+                let mut f = self.free_list();
+                let x = f.kept.pop_front();
+                if let Some((_, h)) = &x {
+                    f.kept_pages -= h.count();
+                }
+                x
+            }) else {
+                break;
+            };
+            done += held.count();
+            self.free_slab(slab);
+        }
+        done
     }
 
     /// Byte offset of a page in the memfd.
@@ -251,7 +358,7 @@ mod tests {
     fn pages_cost_memory_only_while_touched() {
         let a = Arena::new(4).unwrap();
         assert_eq!(rss_of_memfd(&a), 0);
-        let s = a.alloc_slab().unwrap();
+        let (s, _) = a.alloc_slab().unwrap();
         a.write(s, 3, 10, b"hello");
         let mut out = [0u8; 5];
         a.read(s, 3, 10, &mut out);
@@ -271,16 +378,67 @@ mod tests {
     #[test]
     fn slabs_run_out_and_come_back() {
         let a = Arena::new(2).unwrap();
-        let x = a.alloc_slab().unwrap();
-        let y = a.alloc_slab().unwrap();
+        let (x, _) = a.alloc_slab().unwrap();
+        let (y, _) = a.alloc_slab().unwrap();
         assert_ne!(x, y);
         assert!(a.alloc_slab().is_none());
         a.write(y, 511, 4090, b"abcdef");
         a.free_slab(y);
-        let z = a.alloc_slab().unwrap();
+        let (z, _) = a.alloc_slab().unwrap();
         let mut out = [1u8; 6];
         a.read(z, 511, 4090, &mut out);
         assert_eq!(out, [0u8; 6], "a reused slab reads as zeros");
+    }
+
+    #[test]
+    fn kept_slabs_come_back_first_newest_first_with_their_memory() {
+        let a = Arena::new(4).unwrap();
+        let (x, hx) = a.alloc_slab().unwrap();
+        let (y, _) = a.alloc_slab().unwrap();
+        assert!(hx.is_empty(), "a clean slab has no page");
+        a.write(x, 0, 0, b"x-data");
+        a.write(y, 7, 0, b"y-data");
+        let mut hy = PageBits::default();
+        hy.set(7);
+        hy.set(8);
+        let mut hx = PageBits::default();
+        hx.set(0);
+        a.keep_slab(x, hx);
+        a.keep_slab(y, hy);
+        assert_eq!((a.kept_pages(), a.free_slabs()), (3, 4));
+        // Last kept, first given out, with its bytes still there.
+        assert_eq!(a.alloc_slab(), Some((y, hy)));
+        let mut out = [0u8; 6];
+        a.read(y, 7, 0, &mut out);
+        assert_eq!(&out, b"y-data");
+        assert!(a.has_data(y, 7));
+        assert_eq!(a.kept_pages(), 1);
+        // Trimming releases the oldest kept slab: it comes back clean, after the kept ones.
+        a.keep_slab(y, hy);
+        assert_eq!(a.trim_kept(1), 1);
+        assert_eq!(a.kept_pages(), 2);
+        assert!(!a.has_data(x, 0));
+        assert_eq!(a.alloc_slab(), Some((y, hy)));
+        let (z, hz) = a.alloc_slab().unwrap();
+        assert!(hz.is_empty());
+        a.read(z, 0, 0, &mut out);
+        assert_eq!(out, [0u8; 6], "a clean slab reads as zeros");
+        // A slab kept with no page is simply clean.
+        a.keep_slab(z, PageBits::default());
+        assert_eq!(a.kept_pages(), 0);
+        assert_eq!(a.trim_kept(10), 0);
+    }
+
+    #[test]
+    fn page_bits_count_and_find_runs() {
+        let mut b = PageBits::default();
+        for p in [0, 1, 2, 63, 64, 65, 511] {
+            b.set(p);
+        }
+        b.clear(1);
+        assert_eq!(b.count(), 6);
+        assert_eq!(b.runs(), vec![(0, 1), (2, 1), (63, 3), (511, 1)]);
+        assert!(b.get(64) && !b.get(1) && !b.is_empty());
     }
 
     #[test]

@@ -1,19 +1,43 @@
 //! The cache's bounds and counters: resident, dirty and under-writeback pages against the limit,
 //! the LRU clock, and the slabs DAX window mappings pin. Shared by every file's mapping.
+//!
+//! It also decides what a freed slab's memory becomes. Every page of the memfd that holds memory
+//! is counted in `held` (resident pages, and the pages kept slabs still hold). A freed slab keeps
+//! its memory for the next owner while `held` stays within the cache size (plus the pinned
+//! slabs); past it, the slab is punched. When new memory pushes `held` past the bound, the
+//! least recently kept slabs are punched first. A slab a window mapped is always punched: the
+//! guest may have stored into pages the cache never tracked.
 
-use super::arena::{Arena, PAGE_SIZE, SLAB_PAGES, SLAB_SIZE};
+use super::arena::{Arena, PAGE_SIZE, PageBits, SLAB_PAGES, SLAB_SIZE, SlabId};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// A value alone on its cache line. The counters change per page, from different threads
+/// (writers, the flusher, writeback's I/O threads): sharing one line would make every update
+/// wait for the line to come over from another core.
+#[repr(align(64))]
+pub(super) struct Line<T>(T);
+
+impl<T> Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 pub struct PageCache {
     pub arena: Arena,
     limit_pages: usize,
-    pub(super) resident: AtomicUsize,
-    pub(super) dirty: AtomicUsize,
-    pub(super) writeback: AtomicUsize,
-    pub(super) tick: AtomicU64,
+    pub(super) resident: Line<AtomicUsize>,
+    pub(super) dirty: Line<AtomicUsize>,
+    pub(super) writeback: Line<AtomicUsize>,
+    pub(super) tick: Line<AtomicU64>,
     /// Slabs pinned by window mappings (their pages are not counted against the limit: a DAX
     /// window bounds them).
     pub(super) pinned_slabs: AtomicUsize,
+    /// Pages of the memfd known to hold memory: those of live chunks (resident, or left in a
+    /// reused slab by its last owner) and those of kept free slabs.
+    held: Line<AtomicUsize>,
 }
 
 impl PageCache {
@@ -26,12 +50,62 @@ impl PageCache {
         Ok(PageCache {
             arena: Arena::new(slabs as u32)?,
             limit_pages,
-            resident: AtomicUsize::new(0),
-            dirty: AtomicUsize::new(0),
-            writeback: AtomicUsize::new(0),
-            tick: AtomicU64::new(1),
+            resident: Line(AtomicUsize::new(0)),
+            dirty: Line(AtomicUsize::new(0)),
+            writeback: Line(AtomicUsize::new(0)),
+            tick: Line(AtomicU64::new(1)),
             pinned_slabs: AtomicUsize::new(0),
+            held: Line(AtomicUsize::new(0)),
         })
+    }
+
+    /// Pages of the memfd known to hold memory (live and kept slabs).
+    pub fn held_pages(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// What `held` may reach: the cache size plus the pinned slabs.
+    fn held_bound(&self) -> usize {
+        self.limit_pages
+            .saturating_add(self.pinned_slabs() * SLAB_PAGES)
+    }
+
+    /// A free slab for a new chunk, with the pages that still hold its last owner's bytes.
+    pub(super) fn take_slab(&self) -> Option<(SlabId, PageBits)> {
+        self.arena.alloc_slab()
+    }
+
+    /// A chunk gave its slab back; `held` are its pages holding memory. `punch`: its memory must
+    /// go (a window mapped it).
+    pub(super) fn release_slab(&self, slab: SlabId, held: PageBits, punch: bool) {
+        if !punch && self.held_pages() <= self.held_bound() {
+            self.arena.keep_slab(slab, held);
+        } else {
+            self.arena.free_slab(slab);
+            self.held.fetch_sub(held.count(), Ordering::Relaxed);
+        }
+    }
+
+    /// `n` pages got memory. Past the bound, kept slabs give theirs back.
+    pub(super) fn note_held(&self, n: usize) {
+        let now = self.held.fetch_add(n, Ordering::Relaxed) + n;
+        let bound = self.held_bound();
+        if now > bound && self.arena.kept_pages() > 0 {
+            let gone = self.arena.trim_kept(now - bound);
+            self.held.fetch_sub(gone, Ordering::Relaxed);
+        }
+    }
+
+    /// `n` pages of live chunks were punched.
+    pub(super) fn note_unheld(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Give back the memory of every kept slab (the cache went idle, or memory is short).
+    pub fn release_kept(&self) -> usize {
+        let gone = self.arena.trim_kept(usize::MAX);
+        self.held.fetch_sub(gone, Ordering::Relaxed);
+        gone
     }
 
     pub fn limit_pages(&self) -> usize {

@@ -4,9 +4,15 @@
 //! the write completed). Knows nothing of extents or of how pages are filled or written back:
 //! the data path (`fs::data`) drives it.
 //!
+//! A chunk may get a slab its last owner left its bytes in (see `arena`): those pages are
+//! *stale* until this file uses them. A page made resident by [`Mapping::get_or_create`] is
+//! zeroed first when stale, so a new page always reads as zeros; [`Mapping::get_for_write`] of a
+//! whole page skips that for a writer that overwrites the whole page before anything reads it.
+//! Pinning a chunk for a window punches its stale pages, since the window shows the whole slab.
+//!
 //! Locking: a `Mapping` is owned by one file's `Mutex`; the [`PageCache`] counters are atomics.
 
-use super::arena::{PAGE_SIZE, SLAB_PAGES, SlabId};
+use super::arena::{PAGE_SIZE, PageBits, SLAB_PAGES, SlabId};
 use super::limits::PageCache;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -43,6 +49,36 @@ struct Chunk {
     pins: u32,
     /// Of those, the writable ones (the guest may store into any page of the chunk).
     write_pins: u32,
+    /// Pages of the slab holding memory: the resident ones, and stale ones (not resident) that
+    /// hold the slab's last owner's bytes.
+    held: PageBits,
+    /// A window mapped the chunk once: the guest may have stored into pages the cache does not
+    /// track, so the slab is punched when the chunk gives it back.
+    was_pinned: bool,
+}
+
+impl Chunk {
+    /// Give the slab back (its memory kept for the next chunk when the cache has room).
+    fn release(self, pc: &PageCache) {
+        pc.release_slab(self.slab, self.held, self.was_pinned);
+    }
+
+    /// Punch the stale pages (before a window shows the slab).
+    fn punch_stale(&mut self, pc: &PageCache) {
+        let mut stale = self.held;
+        for (p, pg) in self.pages.iter().enumerate() {
+            if pg.resident {
+                stale.clear(p);
+            }
+        }
+        for (p, n) in stale.runs() {
+            pc.arena.punch(self.slab, p, n);
+            for q in p..p + n {
+                self.held.clear(q);
+            }
+        }
+        pc.note_unheld(stale.count());
+    }
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +182,10 @@ impl Mapping {
         let tick = pc.tick.fetch_add(1, Ordering::Relaxed);
         let ch = chunk_or_new(&mut self.chunks, pc, c, tick)?;
         ch.last_use = tick;
+        if ch.pins == 0 {
+            ch.punch_stale(pc);
+            ch.was_pinned = true;
+        }
         ch.pins += 1;
         if ch.pins == 1 {
             self.pinned += 1;
@@ -180,10 +220,10 @@ impl Mapping {
         if ch.pins == 0 {
             self.pinned -= 1;
             pc.pinned_slabs.fetch_sub(1, Ordering::Relaxed);
-            if ch.resident == 0 {
-                let slab = ch.slab;
-                self.chunks.remove(&c);
-                pc.arena.free_slab(slab);
+            if ch.resident == 0
+                && let Some(ch) = self.chunks.remove(&c)
+            {
+                ch.release(pc);
             }
         }
         if self.write_pinned == 0 && self.write_mapped_since.is_some() {
@@ -225,17 +265,53 @@ impl Mapping {
         pc: &PageCache,
         idx: PageIndex,
     ) -> Result<(SlabId, usize), NoSlab> {
+        self.make_resident(pc, idx, false)
+    }
+
+    /// [`Mapping::get_or_create`] for a write; `whole`: the caller writes every byte of the page
+    /// before it marks a block of it uptodate or dirty, so a new page's bytes are left as they
+    /// are — possibly another file's old data, which nothing may read before they are
+    /// overwritten.
+    pub fn get_for_write(
+        &mut self,
+        pc: &PageCache,
+        idx: PageIndex,
+        whole: bool,
+    ) -> Result<(SlabId, usize), NoSlab> {
+        self.make_resident(pc, idx, whole)
+    }
+
+    fn make_resident(
+        &mut self,
+        pc: &PageCache,
+        idx: PageIndex,
+        overwrite: bool,
+    ) -> Result<(SlabId, usize), NoSlab> {
         let (c, p) = split(idx);
         let tick = pc.tick.fetch_add(1, Ordering::Relaxed);
         let ch = chunk_or_new(&mut self.chunks, pc, c, tick)?;
         ch.last_use = tick;
+        let mut fresh = false;
         if !ch.pages[p].resident {
+            if !ch.held.get(p) {
+                // New memory: the kernel gives it zeroed.
+                ch.held.set(p);
+                fresh = true;
+            } else if !overwrite {
+                // Stale: the last owner's bytes.
+                debug_assert_eq!(ch.pins, 0, "a pinned chunk has no stale page");
+                pc.arena.zero(ch.slab, p, 0, PAGE_SIZE);
+            }
             ch.pages[p].resident = true;
             ch.resident += 1;
             self.resident += 1;
             pc.resident.fetch_add(1, Ordering::Relaxed);
         }
-        Ok((ch.slab, p))
+        let slab = ch.slab;
+        if fresh {
+            pc.note_held(1);
+        }
+        Ok((slab, p))
     }
 
     /// Note a use of the chunk holding `idx` (reads keep chunks young).
@@ -428,10 +504,15 @@ impl Mapping {
         self.resident -= 1;
         pc.resident.fetch_sub(1, Ordering::Relaxed);
         pc.arena.punch(ch.slab, p, 1);
-        if ch.resident == 0 && ch.pins == 0 {
-            let slab = ch.slab;
-            self.chunks.remove(&c);
-            pc.arena.free_slab(slab);
+        if ch.held.get(p) {
+            ch.held.clear(p);
+            pc.note_unheld(1);
+        }
+        if ch.resident == 0
+            && ch.pins == 0
+            && let Some(ch) = self.chunks.remove(&c)
+        {
+            ch.release(pc);
         }
         if self.dirty == 0 {
             self.dirty_since = None;
@@ -468,7 +549,7 @@ impl Mapping {
                     pc.dirty.fetch_sub(ch.dirty as usize, Ordering::Relaxed);
                     pc.resident
                         .fetch_sub(ch.resident as usize, Ordering::Relaxed);
-                    pc.arena.free_slab(ch.slab);
+                    ch.release(pc);
                 }
                 continue;
             }
@@ -510,7 +591,7 @@ impl Mapping {
                 if let Some(ch) = self.chunks.remove(&c) {
                     self.resident -= resident;
                     pc.resident.fetch_sub(resident, Ordering::Relaxed);
-                    pc.arena.free_slab(ch.slab);
+                    ch.release(pc);
                 }
                 n += resident;
                 continue;
@@ -553,9 +634,11 @@ fn chunk_or_new<'a>(
     Ok(match chunks.entry(c) {
         std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::btree_map::Entry::Vacant(e) => {
-            let slab = pc.arena.alloc_slab().ok_or(NoSlab)?;
+            let (slab, held) = pc.take_slab().ok_or(NoSlab)?;
             e.insert(Chunk {
                 slab,
+                held,
+                was_pinned: false,
                 pages: vec![PageState::default(); SLAB_PAGES].into_boxed_slice(),
                 resident: 0,
                 dirty: 0,
@@ -685,5 +768,93 @@ mod tests {
             pc.arena.slab_count() as usize,
             "{w} given back"
         );
+    }
+
+    /// File A's pages, written then evicted: their slab is kept with A's bytes in it.
+    fn evicted_secret(pc: &PageCache, pages: std::ops::Range<u64>) -> SlabId {
+        let mut a = Mapping::default();
+        let mut slab = 0;
+        for idx in pages {
+            let (s, p) = a.get_or_create(pc, idx).unwrap();
+            pc.arena.write(s, p, 0, &[0xA5; PAGE_SIZE]);
+            a.set_uptodate(idx, 1);
+            slab = s;
+        }
+        let n = a.resident_pages();
+        assert_eq!(a.evict_clean(pc, usize::MAX), n);
+        slab
+    }
+
+    #[test]
+    fn a_reused_slab_never_shows_its_last_owners_bytes() {
+        let pc = PageCache::new(8 << 20, 8).unwrap();
+        let slab = evicted_secret(&pc, 0..8);
+        assert_eq!(pc.arena.kept_pages(), 8, "the slab kept its memory");
+        assert_eq!(pc.held_pages(), 8);
+        let mut b = Mapping::default();
+        // The most recently freed slab comes back first.
+        assert_eq!(b.get_or_create(&pc, 1).unwrap(), (slab, 1));
+        let mut page = vec![1u8; PAGE_SIZE];
+        b.read_page(&pc, 1, 0, &mut page);
+        assert!(page.iter().all(|&x| x == 0), "a new page reads as zeros");
+        // A whole-page write skips the zeroing: the writer overwrites every byte.
+        assert_eq!(b.get_for_write(&pc, 2, true).unwrap(), (slab, 2));
+        pc.arena.write(slab, 2, 0, &[7; PAGE_SIZE]);
+        b.set_dirty(&pc, 2, 1);
+        // A partial write zeroes the page first.
+        b.get_for_write(&pc, 3, false).unwrap();
+        pc.arena.read(slab, 3, 0, &mut page);
+        assert!(page.iter().all(|&x| x == 0));
+        assert_eq!(pc.held_pages(), 8, "no new memory");
+        // A window shows the whole slab: the pages B does not use are punched first.
+        b.pin(&pc, 0, false).unwrap();
+        for p in [0, 4, 5, 6, 7] {
+            assert!(!pc.arena.has_data(slab, p), "stale page {p} punched");
+            pc.arena.read(slab, p, 0, &mut page);
+            assert!(page.iter().all(|&x| x == 0), "page {p} shows no old data");
+        }
+        assert_eq!(pc.held_pages(), 3);
+        assert!(b.unpin(&pc, 0, false));
+        // A slab a window showed is punched when freed.
+        b.clear_dirty(&pc, 2, 1);
+        assert_eq!(b.drop_range(&pc, 0, u64::MAX), 0);
+        assert_eq!((pc.arena.kept_pages(), pc.held_pages()), (0, 0));
+        assert!(!pc.arena.has_data(slab, 2));
+    }
+
+    #[test]
+    fn freed_slabs_keep_memory_only_within_the_cache_size() {
+        // 8 MiB: 2048 pages.
+        let pc = PageCache::new(8 << 20, 8).unwrap();
+        let mut a = Mapping::default();
+        // Ten chunks of 256 pages: 2560 pages, over the size.
+        for c in 0..10u64 {
+            for i in 0..256 {
+                let (s, p) = a.get_or_create(&pc, c * SLAB_PAGES as u64 + i).unwrap();
+                pc.arena.write(s, p, 0, b"data");
+            }
+        }
+        assert_eq!(pc.held_pages(), 2560);
+        assert_eq!(a.evict_clean(&pc, usize::MAX), 2560);
+        // The first two freed were punched (held was past the size); the other eight kept.
+        assert_eq!((pc.arena.kept_pages(), pc.held_pages()), (2048, 2048));
+        // New memory past the size trims the least recently kept slab.
+        let mut b = Mapping::default();
+        let (s, _) = b.get_or_create(&pc, 300).unwrap();
+        assert_eq!(pc.held_pages(), 2048 + 1 - 256);
+        assert_eq!(pc.arena.kept_pages(), 2048 - 256 - 256);
+        // Stale pages of B's chunk count as held until punched.
+        assert!(pc.arena.has_data(s, 0));
+        assert_eq!(pc.release_kept(), 1536);
+        assert_eq!(pc.held_pages(), 257);
+        assert_eq!(b.drop_range(&pc, 0, u64::MAX), 0);
+        assert_eq!(
+            pc.arena.kept_pages(),
+            257,
+            "B's slab is kept, with its stale pages"
+        );
+        assert_eq!(pc.release_kept(), 257);
+        assert_eq!(pc.held_pages(), 0);
+        assert_eq!(pc.arena.free_slabs(), pc.arena.slab_count() as usize);
     }
 }

@@ -10,7 +10,7 @@ pub mod arena;
 mod limits;
 pub mod mapping;
 
-pub use arena::{Arena, PAGE_SIZE, SLAB_PAGES, SLAB_SIZE, SlabId};
+pub use arena::{Arena, PAGE_SIZE, PageBits, SLAB_PAGES, SLAB_SIZE, SlabId};
 pub use limits::PageCache;
 pub use mapping::{Mapping, NoSlab, PageIndex, PageState};
 

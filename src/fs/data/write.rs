@@ -353,7 +353,7 @@ impl Fs {
             let idx: PageIndex = pos / PAGE_SIZE as u64;
             let poff = (pos % PAGE_SIZE as u64) as usize;
             let n = (PAGE_SIZE - poff).min(len - done);
-            let (slab, p) = match self.page_for_write(ino, d, idx) {
+            let (slab, p) = match self.page_for_write(ino, d, idx, n == PAGE_SIZE) {
                 Ok(x) => x,
                 Err(e) => return (done, Some(e)),
             };
@@ -406,13 +406,20 @@ impl Fs {
         }
     }
 
-    /// The page `idx` of the file, resident, for a write (see [`Fs::with_slab_room`]).
-    fn page_for_write(&self, ino: Ino, d: &InodeData, idx: PageIndex) -> Result<(SlabId, usize)> {
+    /// The page `idx` of the file, resident, for a write (see [`Fs::with_slab_room`]); `whole`:
+    /// the write covers the whole page, so a new page need not be zeroed first.
+    fn page_for_write(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        idx: PageIndex,
+        whole: bool,
+    ) -> Result<(SlabId, usize)> {
         self.with_slab_room(
             ino,
             d,
             "the page cache has no room left (every page is dirty or in use)",
-            |m| m.get_or_create(&self.data.pc, idx),
+            |m| m.get_for_write(&self.data.pc, idx, whole),
         )
     }
 
