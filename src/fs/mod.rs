@@ -14,6 +14,7 @@ mod dir;
 mod dirops;
 mod file;
 mod inline;
+mod killpriv;
 mod mount;
 mod namespace;
 mod ops;
@@ -27,6 +28,7 @@ pub use data::{
     DaxRevoker, FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, KILL_SUIDGID, ReadSink, Revoked, WriteSource,
 };
+pub use killpriv::killed_mode;
 pub use types::*;
 
 use crate::volume::Volume;

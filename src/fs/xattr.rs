@@ -233,15 +233,7 @@ impl Fs {
         if index == INDEX_ACL_DEFAULT && !inode.is_dir() && stored.is_some() {
             return Err(Errno::EACCES);
         }
-        let current = self.xattr_entries(ino, &inode)?;
-        if current.iter().any(|e| e.value_inum != 0) {
-            log::warn!("inode {ino}: changing xattrs stored in EA inodes is not supported");
-            return Err(Errno::EOPNOTSUPP);
-        }
-        let mut list: Vec<NewEntry> = current
-            .into_iter()
-            .map(|e| (e.index, e.name, e.value))
-            .collect();
+        let mut list = self.xattr_list(ino, &inode)?;
         let pos = list.iter().position(|e| e.0 == index && e.1 == suffix);
         match (pos, stored) {
             (Some(_), Some(_)) if flags & XATTR_CREATE != 0 => return Err(Errno::EEXIST),
@@ -257,6 +249,42 @@ impl Fs {
         self.store_xattrs(ino, &mut inode, list)?;
         inode.ctime = crate::inode::blocks::now();
         self.store_inode(ino, &inode)
+    }
+
+    /// The inode's xattrs as a list to change and store again.
+    fn xattr_list(&self, ino: Ino, inode: &Inode) -> Result<Vec<NewEntry>> {
+        let current = self.xattr_entries(ino, inode)?;
+        if current.iter().any(|e| e.value_inum != 0) {
+            log::warn!("inode {ino}: changing xattrs stored in EA inodes is not supported");
+            return Err(Errno::EOPNOTSUPP);
+        }
+        Ok(current
+            .into_iter()
+            .map(|e| (e.index, e.name, e.value))
+            .collect())
+    }
+
+    /// Remove xattr (`index`, `suffix`) of an inode the caller holds under the namespace lock
+    /// (written) and stores afterwards. False when it has no such xattr (nothing changed; an
+    /// inode without xattrs costs no allocation).
+    pub(super) fn remove_xattr_locked(
+        &self,
+        ino: Ino,
+        inode: &mut Inode,
+        index: u8,
+        suffix: &[u8],
+    ) -> Result<bool> {
+        if !self
+            .xattr_entries(ino, inode)?
+            .iter()
+            .any(|e| e.index == index && e.name == suffix)
+        {
+            return Ok(false);
+        }
+        let mut list = self.xattr_list(ino, inode)?;
+        list.retain(|e| !(e.0 == index && e.1 == suffix));
+        self.store_xattrs(ino, inode, list)?;
+        Ok(true)
     }
 
     /// Place `list` in the inode body (first, `system.data` always) and the xattr block.

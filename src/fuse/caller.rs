@@ -112,6 +112,52 @@ pub fn setattr_mode(cur: &Attr, s: &SetAttr, caller: &Caller) -> Option<u32> {
     Some(if drop { mode & !libc::S_ISGID } else { mode })
 }
 
+/// Why a file's privileges are dropped (see `fs::killpriv`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivDrop {
+    /// A kill flag on a WRITE, a truncate or an OPEN with O_TRUNC: the kernel sets it only for a
+    /// caller without CAP_FSETID.
+    Kill,
+    /// A chown (the kernel sets the kill flag on every chown of a non-directory).
+    Chown,
+    /// A SETATTR that changes nothing: the kernel's own privilege drop (before a fallocate or a
+    /// copy_file_range, or a chown to the same owner and group). `had_caps`: the file had a
+    /// `security.capability` xattr (just dropped).
+    Bare { had_caps: bool },
+}
+
+/// The mode of regular file `cur` after a privilege drop by `caller` (`None`: it stays), as the
+/// VFS decides (`setattr_should_drop_suidgid`, and chown's kill bits): setuid goes; setgid goes
+/// when the file is group-executable, or when a caller without CAP_FSETID is not in the file's
+/// group. A bare SETATTR from a caller with CAP_FSETID was sent for the capability xattr when
+/// there was one (the mode stays); with none, only a chown sends it, which drops setuid even
+/// for root.
+pub fn dropped_mode(cur: &Attr, caller: &Caller, why: PrivDrop) -> Option<u32> {
+    if cur.mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let privileged = match why {
+        PrivDrop::Kill => false,
+        PrivDrop::Chown => caller.fsetid,
+        PrivDrop::Bare { had_caps: true } if caller.fsetid => return None,
+        PrivDrop::Bare { .. } => caller.fsetid,
+    };
+    let mut mode = cur.mode & !libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 {
+        let member = match caller.in_group(cur.gid) {
+            Membership::Yes => true,
+            Membership::No => false,
+            // As in `setattr_mode`: a caller that does not own the file is taken for a
+            // non-member.
+            Membership::Unknown => caller.uid == cur.uid,
+        };
+        if mode & libc::S_IXGRP != 0 || (!privileged && !member) {
+            mode &= !libc::S_ISGID;
+        }
+    }
+    Some(mode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +253,65 @@ mod tests {
         };
         let other = Caller::from_header(1002, 1002);
         assert_eq!(setattr_mode(&dir, &chmod(0o2755), &other), Some(0o2755));
+    }
+
+    #[test]
+    fn privilege_drops_follow_the_vfs() {
+        let user = host(1001, 1001, &[]);
+        let member = host(1001, 1001, &[0]);
+        let root = Caller::from_header(0, 0);
+        let kill = PrivDrop::Kill;
+        // A write by an unprivileged caller: setuid goes; setgid too when group-executable or
+        // when the caller is not in the file's group.
+        assert_eq!(
+            dropped_mode(&file(0o6666, 0, 0), &user, kill),
+            Some(0o666 | libc::S_IFREG)
+        );
+        assert_eq!(
+            dropped_mode(&file(0o6666, 0, 0), &member, kill),
+            Some(0o2666 | libc::S_IFREG)
+        );
+        assert_eq!(
+            dropped_mode(&file(0o6676, 0, 0), &member, kill),
+            Some(0o676 | libc::S_IFREG)
+        );
+        // A chown by root: setuid goes, setgid only with group-exec.
+        assert_eq!(
+            dropped_mode(&file(0o6666, 5, 5), &root, PrivDrop::Chown),
+            Some(0o2666 | libc::S_IFREG)
+        );
+        assert_eq!(
+            dropped_mode(&file(0o6676, 5, 5), &root, PrivDrop::Chown),
+            Some(0o676 | libc::S_IFREG)
+        );
+        // The kernel's bare drop: for root only the capability (the mode stays), unless there
+        // was none (a chown to the same ids).
+        let bare = |had_caps| PrivDrop::Bare { had_caps };
+        assert_eq!(dropped_mode(&file(0o6666, 5, 5), &root, bare(true)), None);
+        assert_eq!(
+            dropped_mode(&file(0o6666, 5, 5), &root, bare(false)),
+            Some(0o2666 | libc::S_IFREG)
+        );
+        assert_eq!(
+            dropped_mode(&file(0o6666, 0, 0), &user, bare(true)),
+            Some(0o666 | libc::S_IFREG)
+        );
+        // A guest's caller (groups unknown): its own file keeps setgid, another's loses it.
+        let guest = Caller::from_header(1001, 1001);
+        assert_eq!(
+            dropped_mode(&file(0o2666, 1001, 50), &guest, kill),
+            Some(0o2666 | libc::S_IFREG)
+        );
+        assert_eq!(
+            dropped_mode(&file(0o2666, 0, 50), &guest, kill),
+            Some(0o666 | libc::S_IFREG)
+        );
+        // Directories keep their bits.
+        let dir = Attr {
+            mode: libc::S_IFDIR | 0o6777,
+            ..Attr::default()
+        };
+        assert_eq!(dropped_mode(&dir, &user, kill), None);
     }
 
     #[test]

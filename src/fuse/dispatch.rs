@@ -6,7 +6,7 @@
 //! the guest's buffers), so READ and WRITE data is copied once (see `fuse/io.rs`).
 
 use super::abi::{self, init_flags, opcode};
-use super::caller::{self, Caller};
+use super::caller::{self, Caller, PrivDrop};
 use super::io::ReplySink;
 use super::reply;
 use super::request::{self, Op, ParseConfig};
@@ -103,11 +103,14 @@ pub const PAGE_SIZE: usize = 4096;
 
 /// INIT flags we accept when the kernel offers them. With POSIX_ACL the kernel checks and caches
 /// ACLs, and with DONT_MASK it leaves the umask to us (the engine applies it, or a directory's
-/// default ACL instead); SETXATTR_EXT carries SETXATTR_ACL_KILL_SGID. Without HANDLE_KILLPRIV
-/// (v1 or v2) the kernel drops setuid/setgid itself before a write, truncate or fallocate, with
-/// a SETATTR of the mode (which `caller` completes); with it, nothing would tell us of a
-/// fallocate's. SECURITY_CTX, … are not needed.
+/// default ACL instead); SETXATTR_EXT carries SETXATTR_ACL_KILL_SGID. With HANDLE_KILLPRIV_V2
+/// we drop setuid, setgid and `security.capability` ourselves (`fs::killpriv`, by the rules of
+/// `caller::dropped_mode`): a WRITE, a truncate and an OPEN with O_TRUNC carry a kill flag, a
+/// chown always does, and the kernel's own drop before a fallocate or copy_file_range arrives as
+/// a SETATTR that changes nothing. In return the kernel stops asking for `security.capability`
+/// (a GETXATTR) before every write. SECURITY_CTX, … are not needed.
 const WANTED_INIT_FLAGS: u64 = init_flags::ASYNC_READ
+    | init_flags::HANDLE_KILLPRIV_V2
     | init_flags::POSIX_ACL
     | init_flags::DONT_MASK
     | init_flags::SETXATTR_EXT
@@ -381,6 +384,10 @@ impl Dispatcher {
                     return Err(Errno::EROFS);
                 }
                 let fh = fs.open(ino, o.flags)?;
+                if o.flags & libc::O_TRUNC as u32 != 0 && o.open_flags & abi::OPEN_KILL_SUIDGID != 0
+                {
+                    self.kill_privs(h, ino)?;
+                }
                 Ok(Some(open_reply(unique, fh, self.file_open_flags(ino))))
             }
             Op::Read(r) => {
@@ -552,7 +559,29 @@ impl Dispatcher {
                     let cur = fs.getattr(ino)?;
                     sa.mode = caller::setattr_mode(&cur, &sa, &self.caller(h));
                 }
-                let a = fs.setattr(ino, &sa)?;
+                // A truncate or a chown drops the file's privileges (a chown's setgid rule
+                // looks at the group before it); so does a SETATTR that changes nothing.
+                let kill = s.valid & abi::fattr::KILL_SUIDGID != 0;
+                let chown = sa.uid.is_some() || sa.gid.is_some();
+                let bare = s.valid & !(abi::fattr::FH | abi::fattr::LOCKOWNER) == 0;
+                let before = if chown || bare || sa.size.is_some() {
+                    Some(fs.getattr(ino)?)
+                } else {
+                    None
+                };
+                let mut a = fs.setattr(ino, &sa)?;
+                if let Some(before) = before {
+                    let c = self.caller(h);
+                    a = fs.drop_privs(ino, |_, had_caps| {
+                        let why = match (bare, kill, chown) {
+                            (true, _, _) => PrivDrop::Bare { had_caps },
+                            (false, false, _) => return None,
+                            (false, true, true) => PrivDrop::Chown,
+                            (false, true, false) => PrivDrop::Kill,
+                        };
+                        caller::dropped_mode(&before, &c, why)
+                    })?;
+                }
                 let out = reply::attr_out(&a, self.opts.attr_timeout);
                 Ok(Some(reply::build(unique, abi::AttrOut::SIZE, |v| {
                     out.encode(v)
@@ -590,7 +619,13 @@ impl Dispatcher {
             Op::Create { arg, name } => {
                 let a = match fs.mknod(ino, name, arg.mode, 0, &ctx) {
                     Err(Errno::EEXIST) if arg.flags & libc::O_EXCL as u32 == 0 => {
-                        fs.lookup(ino, name)?
+                        let a = fs.lookup(ino, name)?;
+                        if arg.flags & libc::O_TRUNC as u32 != 0
+                            && arg.open_flags & abi::OPEN_KILL_SUIDGID != 0
+                        {
+                            self.kill_privs(h, a.ino)?;
+                        }
+                        a
                     }
                     other => other?,
                 };
@@ -817,6 +852,14 @@ impl Dispatcher {
     }
 
     /// The credentials of a request's caller: on a host mount its pid is a process here.
+    /// Drop the privileges of `ino` for a kill flag of `h`'s request (see `fs::killpriv`).
+    fn kill_privs(&self, h: &abi::InHeader, ino: Ino) -> Result<(), Errno> {
+        let c = self.caller(h);
+        self.fs
+            .drop_privs(ino, |cur, _| caller::dropped_mode(cur, &c, PrivDrop::Kill))
+            .map(|_| ())
+    }
+
     fn caller(&self, h: &abi::InHeader) -> Caller {
         match self.opts.transport {
             Transport::DevFuse => Caller::from_host_process(h.uid, h.gid, h.pid),
@@ -1790,5 +1833,134 @@ pub(crate) mod tests {
             .is_some_and(|c| c & (1 << 4) != 0);
         let expect = if fsetid { 0o2666 } else { 0o666 };
         assert_eq!(d.fs.getattr(hello.nodeid).unwrap().mode & 0o7777, expect);
+    }
+
+    /// With HANDLE_KILLPRIV_V2 the kernel leaves setuid, setgid and file capabilities to us:
+    /// a write, a truncate, an OPEN with O_TRUNC and a chown drop them by the VFS's rules, and
+    /// so does the kernel's bare SETATTR before a fallocate.
+    #[test]
+    fn killpriv_v2_drops_setuid_setgid_and_capabilities() {
+        // Over virtio only the header speaks: uid 0 holds CAP_FSETID, uid 1001 does not and is
+        // in no group but 1001.
+        let d = writable_dispatcher(Transport::Virtio);
+        assert_ne!(
+            d.negotiated().unwrap().1 & init_flags::HANDLE_KILLPRIV_V2,
+            0
+        );
+        let node = lookup(&d, 1, "hello").nodeid;
+        let root = (0, 0, 1);
+        let user = (1001, 1001, 1);
+        let cap = b"security.capability";
+        let reset = |mode: u32| {
+            d.fs.setattr(
+                node,
+                &SetAttr {
+                    mode: Some(mode),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            d.fs.setxattr(node, cap, &[1, 0, 0, 2], 0).unwrap();
+        };
+        let state = || {
+            (
+                d.fs.getattr(node).unwrap().mode & 0o7777,
+                d.fs.getxattr(node, cap).is_ok(),
+            )
+        };
+        let send = |op: u32, body: &[&[u8]], ids: (u32, u32, u32)| {
+            let r = d.dispatch(&build_as(op, 70, node, body, ids)).unwrap();
+            assert_eq!(decode(&r, 70).0, 0, "opcode {op}");
+        };
+        let write = |flags: u32| {
+            let mut v = Vec::new();
+            abi::WriteIn {
+                size: 2,
+                write_flags: flags,
+                ..Default::default()
+            }
+            .encode(&mut v);
+            v
+        };
+        let setattr = |valid: u32, size: u64, uid: u32| {
+            let mut v = Vec::new();
+            abi::SetattrIn {
+                valid,
+                size,
+                uid,
+                ..Default::default()
+            }
+            .encode(&mut v);
+            v
+        };
+        // An unprivileged write: setuid, group-exec setgid and the capability go.
+        reset(0o6676);
+        send(
+            opcode::WRITE,
+            &[&write(abi::WRITE_KILL_SUIDGID), b"hi"],
+            user,
+        );
+        assert_eq!(state(), (0o676, false));
+        // A privileged write keeps the bits; the capability goes all the same.
+        reset(0o6676);
+        send(opcode::WRITE, &[&write(0), b"hi"], root);
+        assert_eq!(state(), (0o6676, false));
+        // The kernel's drop before a fallocate by a non-member: setgid goes even without
+        // group-exec.
+        reset(0o6666);
+        send(opcode::SETATTR, &[&setattr(0, 0, 0)], user);
+        assert_eq!(state(), (0o666, false));
+        // By root it came for the capability: the mode stays. With no capability left, only a
+        // chown to the same owner sends it, which drops setuid even for root.
+        reset(0o6666);
+        send(opcode::SETATTR, &[&setattr(0, 0, 0)], root);
+        assert_eq!(state(), (0o6666, false));
+        send(opcode::SETATTR, &[&setattr(0, 0, 0)], root);
+        assert_eq!(state(), (0o2666, false));
+        // Truncate: with the kill flag as for a write; without, only the capability goes.
+        reset(0o6676);
+        let kill = abi::fattr::KILL_SUIDGID;
+        send(
+            opcode::SETATTR,
+            &[&setattr(abi::fattr::SIZE | kill, 5, 0)],
+            user,
+        );
+        assert_eq!(state(), (0o676, false));
+        assert_eq!(d.fs.getattr(node).unwrap().size, 5);
+        reset(0o6676);
+        send(opcode::SETATTR, &[&setattr(abi::fattr::SIZE, 3, 0)], root);
+        assert_eq!(state(), (0o6676, false));
+        // A chown by root: setuid goes, setgid without group-exec stays.
+        reset(0o6666);
+        send(
+            opcode::SETATTR,
+            &[&setattr(abi::fattr::UID | kill, 0, 5)],
+            root,
+        );
+        assert_eq!(state(), (0o2666, false));
+        assert_eq!(d.fs.getattr(node).unwrap().uid, 5);
+        // OPEN with O_TRUNC and the kill flag.
+        reset(0o6676);
+        let mut open_in = Vec::new();
+        abi::OpenIn {
+            flags: (libc::O_WRONLY | libc::O_TRUNC) as u32,
+            open_flags: abi::OPEN_KILL_SUIDGID,
+        }
+        .encode(&mut open_in);
+        send(opcode::OPEN, &[&open_in], user);
+        assert_eq!(state(), (0o676, false));
+        // Directories keep their bits on a bare SETATTR.
+        let before = d.fs.getattr(ino_of(1)).unwrap().mode;
+        let r = d
+            .dispatch(&build_as(
+                opcode::SETATTR,
+                71,
+                1,
+                &[&setattr(0, 0, 0)],
+                user,
+            ))
+            .unwrap();
+        assert_eq!(decode(&r, 71).0, 0);
+        assert_eq!(d.fs.getattr(ino_of(1)).unwrap().mode, before);
     }
 }

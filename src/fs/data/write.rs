@@ -54,17 +54,14 @@ impl WriteSource for &[u8] {
 pub const KILL_SUIDGID: u32 = 1;
 
 /// A write changed the file: mtime and ctime move, and with `kill_suid` setuid goes (and setgid
-/// when the file is group-executable), as the kernel drops them for an unprivileged writer.
+/// when the file is group-executable), as the kernel drops them for an unprivileged writer. (The
+/// caller also drops `security.capability`: see `fs::killpriv`.)
 fn modified(inode: &mut Inode, kill_suid: bool) {
     let t = now();
     inode.mtime = t;
     inode.ctime = t;
     if kill_suid {
-        let mut mode = inode.mode as u32 & !libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 {
-            mode &= !libc::S_ISGID;
-        }
-        inode.mode = mode as u16;
+        inode.mode = crate::fs::killed_mode(inode.mode as u32) as u16;
     }
 }
 
@@ -222,6 +219,7 @@ impl Fs {
         };
         inode.size = size;
         modified(&mut inode, kill_suid);
+        self.drop_caps_locked(ino, &mut inode)?;
         self.store_inode(ino, &inode)?;
         Ok(Some(len as u32))
     }
@@ -259,6 +257,7 @@ impl Fs {
         let _g = self.ns_write();
         let mut i = self.read_inode(ino)?;
         modified(&mut i, kill_suid);
+        self.drop_caps_locked(ino, &mut i)?;
         self.store_inode(ino, &i)
     }
 
