@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Bytes per page.
 pub const PAGE_SIZE: usize = 4096;
@@ -77,6 +78,8 @@ struct FreeSlabs {
     kept: VecDeque<(SlabId, PageBits)>,
     /// Pages the kept slabs hold.
     kept_pages: usize,
+    /// When a slab was last kept or taken from the kept ones.
+    kept_used: Option<Instant>,
 }
 
 pub struct Arena {
@@ -166,6 +169,7 @@ impl Arena {
         let mut f = self.free_list();
         if let Some((slab, held)) = f.kept.pop_back() {
             f.kept_pages -= held.count();
+            f.kept_used = Some(Instant::now());
             return Some((slab, held));
         }
         f.clean.pop().map(|s| (s, PageBits::default()))
@@ -187,6 +191,13 @@ impl Arena {
         let mut f = self.free_list();
         f.kept_pages += held.count();
         f.kept.push_back((slab, held));
+        f.kept_used = Some(Instant::now());
+    }
+
+    /// True when slabs are kept and none was kept or taken for `idle`.
+    pub fn kept_idle(&self, idle: Duration) -> bool {
+        let f = self.free_list();
+        f.kept_pages > 0 && f.kept_used.is_none_or(|t| t.elapsed() >= idle)
     }
 
     /// Release the memory of kept slabs, the least recently kept first, until at least `pages`
@@ -406,6 +417,9 @@ mod tests {
         a.keep_slab(x, hx);
         a.keep_slab(y, hy);
         assert_eq!((a.kept_pages(), a.free_slabs()), (3, 4));
+        // Just used: not idle yet.
+        assert!(a.kept_idle(Duration::ZERO));
+        assert!(!a.kept_idle(Duration::from_secs(3600)));
         // Last kept, first given out, with its bytes still there.
         assert_eq!(a.alloc_slab(), Some((y, hy)));
         let mut out = [0u8; 6];

@@ -10,6 +10,10 @@
 
 use super::arena::{Arena, PAGE_SIZE, PageBits, SLAB_PAGES, SLAB_SIZE, SlabId};
 use std::ops::Deref;
+use std::time::Duration;
+
+/// Kept slabs no writer took or freed for this long give their memory back.
+const KEPT_IDLE: Duration = Duration::from_secs(30);
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A value alone on its cache line. The counters change per page, from different threads
@@ -106,6 +110,16 @@ impl PageCache {
         let gone = self.arena.trim_kept(usize::MAX);
         self.held.fetch_sub(gone, Ordering::Relaxed);
         gone
+    }
+
+    /// Give back the memory of the kept slabs once no writer has used them for a while (the
+    /// writes stopped: the memory would only sit there). Returns the pages released.
+    pub fn release_idle_kept(&self) -> usize {
+        if self.arena.kept_idle(KEPT_IDLE) {
+            self.release_kept()
+        } else {
+            0
+        }
     }
 
     pub fn limit_pages(&self) -> usize {

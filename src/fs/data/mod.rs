@@ -404,6 +404,7 @@ impl Fs {
                     if fs.data.pc.over_limit() > 0 || fs.slabs_short() {
                         fs.shrink_cache(None);
                     }
+                    fs.data.pc.release_idle_kept();
                 }
             })
     }
