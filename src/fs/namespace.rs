@@ -227,14 +227,8 @@ impl Fs {
         let (ino, mut i) = self.new_inode(parent, &pdir, (mode & 0o7777) | inode::S_IFREG, ctx)?;
         i.links_count = 0;
         self.count_lookup(ino);
-        self.linkable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ino);
-        self.orphans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ino);
+        self.inodes.set_linkable(ino, true);
+        self.inodes.set_orphan(ino, true);
         if let Err(e) = self.orphan_add(ino, &mut i) {
             return Err(self.undo_new_inode(ino, &mut i, e));
         }
@@ -310,12 +304,7 @@ impl Fs {
         if i.is_dir() {
             return Err(Errno::EPERM);
         }
-        let was_tmpfile = i.links_count == 0
-            && self
-                .linkable
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&ino);
+        let was_tmpfile = i.links_count == 0 && self.inodes.is_linkable(ino);
         if i.links_count == 0 && !was_tmpfile {
             return Err(Errno::ENOENT);
         }
@@ -326,14 +315,8 @@ impl Fs {
         self.add_entry(newparent, &mut pdir, newname, ino, ft_of(i.mode as u32))?;
         if was_tmpfile {
             // An O_TMPFILE file gets its first name: it leaves the orphan list.
-            self.linkable
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&ino);
-            self.orphans
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&ino);
+            self.inodes.set_linkable(ino, false);
+            self.inodes.set_orphan(ino, false);
             self.orphan_del(ino, &i)?;
             i.dtime = 0;
         }
@@ -783,11 +766,7 @@ impl Fs {
         if off == 0 {
             return Ok(());
         }
-        if let crate::inode::bmap::Target::Data {
-            pblk,
-            unwritten: false,
-        } = self.map_block(ino, i, size / bs)?.target
-        {
+        if let Some(pblk) = self.map_block(ino, i, size / bs)?.status.written_pblk() {
             let zeros = vec![0u8; (bs - off) as usize];
             self.dev.write_at(&zeros, pblk * bs + off).map_err(|e| {
                 log::error!("inode {ino}: zeroing the tail of block {pblk} failed: {e}");
@@ -795,12 +774,6 @@ impl Fs {
             })?;
         }
         Ok(())
-    }
-
-    /// Count one more lookup reference (create-style operations return a looked-up entry).
-    fn count_lookup(&self, ino: Ino) {
-        let mut lk = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
-        *lk.entry(ino).or_insert(0) += 1;
     }
 
     /// An inode lost its last link: free it now, or, while the client still references it,
@@ -815,10 +788,7 @@ impl Fs {
             self.defer_reap(ino);
         }
         if referenced || has_data {
-            self.orphans
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(ino);
+            self.inodes.set_orphan(ino, true);
             return self.orphan_add(ino, i);
         }
         self.free_inode(ino, i)

@@ -76,10 +76,6 @@ pub(super) struct DataState {
     deferred: Mutex<Vec<Ino>>,
     /// The owner of a DAX window showing our pages, if any.
     revoker: RwLock<Option<std::sync::Weak<dyn DaxRevoker>>>,
-    /// Crash tests: commit the journal right after every writeback allocation, before the data
-    /// write (the widest window a commit thread could hit).
-    #[cfg(test)]
-    pub(in crate::fs) commit_after_alloc: AtomicBool,
 }
 
 impl DataState {
@@ -90,8 +86,6 @@ impl DataState {
             stop: AtomicBool::new(false),
             deferred: Mutex::new(Vec::new()),
             revoker: RwLock::new(None),
-            #[cfg(test)]
-            commit_after_alloc: AtomicBool::new(false),
         })
     }
 

@@ -13,7 +13,7 @@ use crate::extent::ExtentTree;
 use crate::fs::Fs;
 use crate::fs::types::Ino;
 use crate::inode::blocks::{NodeIo, now};
-use crate::inode::bmap::Target;
+use crate::iomap::Status;
 use crate::ondisk::inode::flags;
 use crate::pagecache::PAGE_SIZE;
 
@@ -104,54 +104,10 @@ impl Fs {
     /// truncate or punch): in the cache, reading the block in first when it has data on disk,
     /// then write it back now unless it has no block yet (delayed blocks stay dirty).
     fn zero_partial(&self, ino: Ino, d: &InodeData, pos: u64, len: u64) -> Result<()> {
-        let bs = self.block_size as u64;
-        if len == 0 || len >= bs || pos % bs + len > bs {
-            return Ok(());
-        }
-        let lblk = pos / bs;
-        let bpp = PAGE_SIZE as u64 / bs;
-        let idx = lblk / bpp;
-        let b = lblk % bpp;
-        let target = {
-            let _g = self.ns_read();
-            let inode = self.read_inode(ino)?;
-            self.map_block(ino, &inode, lblk)?.target
-        };
-        let cached = d.pages().state(idx).uptodate & (1 << b) != 0;
-        if !cached
-            && !matches!(
-                target,
-                Target::Data {
-                    unwritten: false,
-                    ..
-                }
-            )
-        {
-            // Nothing on disk and nothing cached: the block reads as zeros already.
-            return Ok(());
-        }
-        let (slab, p) = {
-            let mut m = d.pages();
-            match m.get_or_create(&self.data.pc, idx) {
-                Ok(x) => x,
-                Err(_) => {
-                    drop(m);
-                    self.shrink_cache(None);
-                    d.pages()
-                        .get_or_create(&self.data.pc, idx)
-                        .map_err(|_| Errno::ENOMEM)?
-                }
-            }
-        };
-        if !cached {
-            self.fill_block(ino, lblk, slab, p, (b * bs) as usize)?;
-        }
-        self.data
-            .pc
-            .arena
-            .zero(slab, p, (b * bs + pos % bs) as usize, len as usize);
-        d.pages().set_dirty(&self.data.pc, idx, 1 << b);
-        if target != Target::Hole {
+        let room = |own: bool, attempt: u32| self.make_room(ino, d, own, attempt);
+        let ops = self.iomap_ops(ino, &room);
+        if self.file_io(ino, d).zero_partial(&ops, pos, len)? {
+            let idx = pos / PAGE_SIZE as u64;
             self.writeback_inode(ino, d, idx, idx + 1)?;
         }
         Ok(())
@@ -402,7 +358,7 @@ impl Fs {
                 self.map_block(ino, &inode, l)?
             };
             let run_end = end.min(m.lblk.saturating_add(m.len)).max(l + 1);
-            if m.target == Target::Hole {
+            if m.status == Status::Hole {
                 let (_, got) = self.alloc_unwritten(ino, l, run_end - l)?;
                 l += got.min(run_end - l).max(1);
             } else {
