@@ -136,6 +136,9 @@ impl Fs {
         } else {
             inode
         };
+        // Pages of writable window mappings that come inside EOF get their reservations.
+        let old_size = d.sizes().size;
+        self.dax_grow(ino, d, old_size, offset + len)?;
         let bs = self.block_size as u64;
         let first = offset / bs;
         let end_blk = (offset + len).div_ceil(bs);
