@@ -570,11 +570,12 @@ impl Fs {
 
 #[cfg(test)]
 mod tests {
-    use super::{DaxPin, chunk_of};
+    use super::{DaxPin, DaxRevoker, Revoked, chunk_of};
     use crate::errno::Errno;
     use crate::fs::testutil::ctx;
     use crate::fs::{Fs, MountOptions, ROOT_INO, SetAttr};
-    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, Weak};
 
     const CHUNK: u64 = 2 << 20;
 
@@ -629,6 +630,276 @@ mod tests {
         }
         fs.syncfs().expect("unmapped pages are written back");
         assert_eq!(fs.data.pc.pinned_slabs(), 0);
+        fs.shutdown().unwrap();
+        drop(fs);
+        crate::test_support::e2fsck_clean(&img);
+    }
+
+    /// A window stand-in: the pins it holds by window offset, revoked and reinstated as the
+    /// transport does.
+    #[derive(Default)]
+    struct FakeWindow {
+        slots: Mutex<Vec<(u64, DaxPin)>>,
+    }
+
+    impl DaxRevoker for FakeWindow {
+        fn revoke(&self, ino: u64, from: u64, to: u64) -> Vec<Revoked> {
+            let mut slots = self.slots.lock().unwrap();
+            let (hit, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *slots)
+                .into_iter()
+                .partition(|(_, p)| p.ino() == ino && p.offset < to && p.offset + p.len > from);
+            *slots = keep;
+            hit.into_iter()
+                .map(|(moffset, pin)| Revoked { moffset, pin })
+                .collect()
+        }
+
+        fn reinstate(&self, r: Revoked) -> Option<DaxPin> {
+            self.slots.lock().unwrap().push((r.moffset, r.pin));
+            None
+        }
+    }
+
+    /// A store by the guest through its mapping: straight into the memfd.
+    fn guest_store(fs: &Fs, fd_offset: u64, data: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let memfd = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", fs.dax_memfd()))
+            .unwrap();
+        memfd.write_all_at(data, fd_offset).unwrap();
+    }
+
+    fn windowed(fs: &Fs) -> Arc<FakeWindow> {
+        let w = Arc::new(FakeWindow::default());
+        let weak: Weak<dyn DaxRevoker> = Arc::downgrade(&w) as _;
+        fs.set_dax_revoker(weak);
+        w
+    }
+
+    /// SETUPMAPPING (and REMOVEMAPPING) racing with the last unlink and forget of the file,
+    /// many times: every pin is given back and no pinned slab is left behind.
+    #[test]
+    fn pins_racing_with_the_freeing_of_the_file_leak_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        super::super::tests::mkfs(&img, &["-t", "ext4"], "32M");
+        let fs = Arc::new(mount(&img));
+        let w = windowed(&fs);
+        let current = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mapped = Arc::new(AtomicU64::new(0));
+        let mapper = {
+            let (fs, w, current, stop, mapped) = (
+                fs.clone(),
+                w.clone(),
+                current.clone(),
+                stop.clone(),
+                mapped.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let ino = current.load(Ordering::Acquire);
+                    if ino == 0 {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    n += 1;
+                    let r = fs.dax_pin(ino, 0, CHUNK, n % 2 == 0, |p| {
+                        w.slots.lock().unwrap().push((n * CHUNK, p));
+                        Ok(())
+                    });
+                    if r.is_ok() {
+                        mapped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if n % 3 == 0 {
+                        // REMOVEMAPPING: unmapped first, unpinned after, as the transport does.
+                        let gone = w.slots.lock().unwrap().pop();
+                        if let Some((_, p)) = gone {
+                            fs.dax_unpin(p);
+                        }
+                    }
+                }
+            })
+        };
+        for i in 0..300 {
+            let name = format!("f{i}");
+            let a = fs
+                .mknod(ROOT_INO, name.as_bytes(), 0o100644, 0, &ctx())
+                .unwrap();
+            fs.write(a.ino, 0, &[i as u8; 8192], 0).unwrap();
+            current.store(a.ino, Ordering::Release);
+            for _ in 0..(i % 7) * 50 {
+                std::thread::yield_now();
+            }
+            fs.unlink(ROOT_INO, name.as_bytes()).unwrap();
+            fs.forget(a.ino, 1);
+            current.store(0, Ordering::Release);
+            assert!(
+                w.slots
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .all(|(_, p)| p.ino() != a.ino),
+                "no window shows the freed file"
+            );
+        }
+        stop.store(true, Ordering::Release);
+        mapper.join().unwrap();
+        assert!(
+            mapped.load(Ordering::Relaxed) > 0,
+            "some mappings were made"
+        );
+        let left = std::mem::take(&mut *w.slots.lock().unwrap());
+        for (_, p) in left {
+            fs.dax_unpin(p);
+        }
+        assert_eq!(fs.dax_pinned_slabs(), 0, "every pinned slab came back");
+        fs.shutdown().unwrap();
+        drop(fs);
+        crate::test_support::e2fsck_clean(&img);
+    }
+
+    /// A freed file cannot be mapped; a pin given back after the file was freed releases its
+    /// slab all the same.
+    #[test]
+    fn a_freed_file_is_not_mapped_and_late_unpins_release_their_slab() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        super::super::tests::mkfs(&img, &["-t", "ext4"], "32M");
+        let fs = mount(&img);
+        let w = windowed(&fs);
+        let a = fs.mknod(ROOT_INO, b"a", 0o100644, 0, &ctx()).unwrap();
+        fs.write(a.ino, 0, &[7u8; 10000], 0).unwrap();
+        let p = pin(&fs, a.ino, 0, true).unwrap();
+        assert_eq!(fs.dax_pinned_slabs(), 1);
+        // The transport took the slot out of its table (REMOVEMAPPING) but has not unpinned
+        // yet when the file is freed.
+        fs.unlink(ROOT_INO, b"a").unwrap();
+        fs.forget(a.ino, 1);
+        assert_eq!(pin(&fs, a.ino, 0, false).unwrap_err(), Errno::ENOENT);
+        fs.dax_unpin(p);
+        assert_eq!(fs.dax_pinned_slabs(), 0);
+        // A mapping still in the window when the file goes is revoked.
+        let b = fs.mknod(ROOT_INO, b"b", 0o100644, 0, &ctx()).unwrap();
+        fs.write(b.ino, 0, &[8u8; 10000], 0).unwrap();
+        let p = pin(&fs, b.ino, 0, true).unwrap();
+        w.slots.lock().unwrap().push((0, p));
+        fs.unlink(ROOT_INO, b"b").unwrap();
+        fs.forget(b.ino, 1);
+        assert!(w.slots.lock().unwrap().is_empty(), "revoked when freed");
+        assert_eq!(fs.dax_pinned_slabs(), 0);
+        fs.shutdown().unwrap();
+        drop(fs);
+        crate::test_support::e2fsck_clean(&img);
+    }
+
+    /// Truncate and regrow while a writable mapping lives: the regrown pages are reserved when
+    /// the size moves (ENOSPC comes from the truncate that grows, never from writeback), what
+    /// the guest stored past EOF does not come back, and the reservations nobody used go back
+    /// at the unmap.
+    #[test]
+    fn regrow_under_a_writable_mapping_reserves_what_comes_inside_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        super::super::tests::mkfs(&img, &["-t", "ext4"], "32M");
+        let fs = mount(&img);
+        let w = windowed(&fs);
+        let f = fs.mknod(ROOT_INO, b"f", 0o100644, 0, &ctx()).unwrap().ino;
+        fs.write(f, 0, &[1u8; 1 << 20], 0).unwrap();
+        fs.fsync(f, false).unwrap();
+        let p = pin(&fs, f, 0, true).unwrap();
+        let slab_mem = p.fd_offset;
+        w.slots.lock().unwrap().push((0, p));
+        let size = |n| SetAttr {
+            size: Some(n),
+            ..Default::default()
+        };
+        let free0 = fs.statfs().unwrap().bfree;
+        fs.setattr(f, &size(4096)).unwrap();
+        assert_eq!(
+            w.slots.lock().unwrap().len(),
+            1,
+            "mapped again after the cut"
+        );
+        assert_eq!(
+            w.slots.lock().unwrap()[0].1.fd_offset,
+            slab_mem,
+            "same slab"
+        );
+        // The guest stores past EOF (it should not): the regrow must not show it.
+        let stray = vec![0xEEu8; 4096];
+        guest_store(&fs, slab_mem + (8 << 10), &stray);
+        let free1 = fs.statfs().unwrap().bfree;
+        assert!(free1 > free0, "the cut blocks are free");
+        fs.setattr(f, &size(CHUNK)).unwrap();
+        let free2 = fs.statfs().unwrap().bfree;
+        assert!(
+            free1 - free2 >= (CHUNK - 4096) / 4096,
+            "the regrown range is reserved: {free1} -> {free2}"
+        );
+        assert_eq!(fs.read(f, 0, 8192, 4096).unwrap(), vec![0u8; 4096]);
+        // The guest stores into the regrown range; writeback takes it without error.
+        guest_store(&fs, slab_mem + (512 << 10), b"regrown");
+        fs.syncfs().unwrap();
+        assert_eq!(fs.read(f, 0, 512 << 10, 7).unwrap(), b"regrown");
+        let (_, p) = w.slots.lock().unwrap().pop().unwrap();
+        fs.dax_unpin(p);
+        fs.syncfs().unwrap();
+        assert_eq!(fs.es.delayed_blocks(f), 0, "no reservation is left behind");
+        // Shrink again; with the file system full, the regrow answers ENOSPC.
+        let p = pin(&fs, f, 0, true).unwrap();
+        w.slots.lock().unwrap().push((0, p));
+        fs.setattr(f, &size(0)).unwrap();
+        let filler = fs
+            .mknod(ROOT_INO, b"filler", 0o100644, 0, &ctx())
+            .unwrap()
+            .ino;
+        let chunk = vec![3u8; 1 << 20];
+        let mut off = 0;
+        while fs.write(filler, off, &chunk, 0).is_ok() {
+            off += 1 << 20;
+        }
+        assert_eq!(fs.setattr(f, &size(CHUNK)).unwrap_err(), Errno::ENOSPC);
+        let (_, p) = w.slots.lock().unwrap().pop().unwrap();
+        fs.dax_unpin(p);
+        assert_eq!(fs.dax_pinned_slabs(), 0);
+        fs.shutdown().unwrap();
+        drop(fs);
+        crate::test_support::e2fsck_clean(&img);
+    }
+
+    /// A mapping is a read of the file (mmap's file_accessed): atime moves as the mount says.
+    #[test]
+    fn a_mapping_moves_atime() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        super::super::tests::mkfs(&img, &["-t", "ext4"], "32M");
+        let fs = mount(&img);
+        fs.set_atime_policy(crate::fs::AtimePolicy::from_mount_flags(0));
+        let f = fs.mknod(ROOT_INO, b"f", 0o100644, 0, &ctx()).unwrap().ino;
+        fs.write(f, 0, b"data", 0).unwrap();
+        let old = SetAttr {
+            atime: Some(crate::fs::TimeSet::At(crate::fs::Timespec {
+                sec: 1,
+                nsec: 0,
+            })),
+            ..Default::default()
+        };
+        for write in [false, true] {
+            fs.setattr(f, &old).unwrap();
+            let p = pin(&fs, f, 0, write).unwrap();
+            let a = fs.getattr(f).unwrap();
+            assert!(a.atime.sec > 1, "write={write}: atime moved: {a:?}");
+            fs.dax_unpin(p);
+        }
+        // noatime: it stays.
+        fs.set_atime_policy(crate::fs::AtimePolicy::from_mount_flags(libc::MS_NOATIME));
+        fs.setattr(f, &old).unwrap();
+        let p = pin(&fs, f, 0, false).unwrap();
+        assert_eq!(fs.getattr(f).unwrap().atime.sec, 1);
+        fs.dax_unpin(p);
         fs.shutdown().unwrap();
         drop(fs);
         crate::test_support::e2fsck_clean(&img);
