@@ -7,9 +7,12 @@
 //!
 //! This module owns the slot table (which window range shows which file range) and the channel;
 //! the engine ([`crate::fs::Fs::dax_pin`]) owns what a mapping means for the page cache (pinning,
-//! read-in, page_mkwrite). The engine calls back through [`DaxRevoker`] when a file's pages move
-//! or are freed. The slot table lock is never held while calling the engine, so the lock order
-//! is the engine's: file rw lock → ns → slot table → page map.
+//! read-in, page_mkwrite). A slot holds the engine's [`DaxPin`] and is recorded (and mapped)
+//! inside `dax_pin`'s callback, under the file's rw lock, so a truncate or the freeing of the
+//! file always finds it. The engine calls back through [`DaxRevoker`] when a file's pages are
+//! cut (unmap, then map again), move or are freed (unmap). The slot table lock is never held
+//! while calling the engine, so the lock order is the engine's: file rw lock → ns → slot table
+//! → page map.
 
 use crate::errno::Errno;
 use crate::fs::{DaxPin, DaxRevoker, Fs, Ino, Revoked};
