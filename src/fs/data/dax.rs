@@ -706,14 +706,14 @@ mod tests {
                         continue;
                     }
                     n += 1;
-                    let r = fs.dax_pin(ino, 0, CHUNK, n % 2 == 0, |p| {
+                    let r = fs.dax_pin(ino, 0, CHUNK, n.is_multiple_of(2), |p| {
                         w.slots.lock().unwrap().push((n * CHUNK, p));
                         Ok(())
                     });
                     if r.is_ok() {
                         mapped.fetch_add(1, Ordering::Relaxed);
                     }
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         // REMOVEMAPPING: unmapped first, unpinned after, as the transport does.
                         let gone = w.slots.lock().unwrap().pop();
                         if let Some((_, p)) = gone {
