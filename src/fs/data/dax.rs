@@ -204,11 +204,23 @@ impl Fs {
         let mut m = d.pages();
         if let Err(e) = r {
             m.unpin(&self.data.pc, c, false);
+            if write && !m.is_write_pinned(c) {
+                // Holes reserved before the failure: no page of them is dirty.
+                self.release_standby(ino, &m, c);
+            }
             return Err(e);
         }
         if write {
             m.unpin(&self.data.pc, c, false);
-            slab = m.pin(&self.data.pc, c, true).map_err(|_| Errno::ENOMEM)?;
+            slab = match m.pin(&self.data.pc, c, true) {
+                Ok(s) => s,
+                Err(_) => {
+                    if !m.is_write_pinned(c) {
+                        self.release_standby(ino, &m, c);
+                    }
+                    return Err(Errno::ENOMEM);
+                }
+            };
             // Every page within EOF counts as dirty while the mapping lives.
             let size = d.sizes().size;
             self.redirty_chunk(&mut m, c, size);
