@@ -623,6 +623,12 @@ impl Fs {
         // (taken before the namespace lock).
         let data = s.size.and_then(|_| self.inode_data(ino).ok());
         let _dw = data.as_ref().map(|d| d.write_lock());
+        // A shrink unmaps the window ranges over the pages it drops until its blocks are freed
+        // (mapped again when this returns, the rw lock still held).
+        let _cut = match (&data, s.size) {
+            (Some(d), Some(size)) => Some(self.dax_cut(ino, d, size, u64::MAX)),
+            _ => None,
+        };
         let mut old_size = None;
         let mut old_sizes = None;
         if let (Some(d), Some(size)) = (&data, s.size) {

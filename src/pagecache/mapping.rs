@@ -198,6 +198,11 @@ impl Mapping {
         self.chunks.get(&c).is_some_and(|ch| ch.pins > 0)
     }
 
+    /// Is chunk `c` mapped writable into a window?
+    pub fn is_write_pinned(&self, c: u64) -> bool {
+        self.chunks.get(&c).is_some_and(|ch| ch.write_pins > 0)
+    }
+
     /// Last use of any chunk (for LRU eviction across files).
     pub fn last_use(&self) -> u64 {
         self.chunks.values().map(|c| c.last_use).max().unwrap_or(0)

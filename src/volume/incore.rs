@@ -177,6 +177,11 @@ impl InodeTable {
         t.update(ino, |e| std::mem::replace(&mut e.orphan, on))
     }
 
+    /// Is `ino` an orphan still in use?
+    pub fn is_orphan(&self, ino: Ino) -> bool {
+        self.table().map.get(&ino).is_some_and(|e| e.orphan)
+    }
+
     /// Every orphan in use, unmarked (unmount frees them).
     pub fn take_orphans(&self) -> Vec<Ino> {
         let mut t = self.table();

@@ -35,6 +35,8 @@ impl Fs {
         new_size: u64,
     ) -> Result<()> {
         let old = d.sizes().size;
+        // Pages of writable window mappings that come inside EOF get their reservations.
+        self.dax_grow(ino, d, old, new_size)?;
         if new_size < old && self.block_size as usize <= PAGE_SIZE {
             let bs = self.block_size as u64;
             self.zero_partial(ino, d, new_size, bs - new_size % bs)?;
@@ -186,6 +188,8 @@ impl Fs {
         }
         let mut grew = false;
         if mode & FALLOC_FL_KEEP_SIZE == 0 {
+            let old = d.sizes().size;
+            self.dax_grow(ino, &d, old, offset + len)?;
             // The range now has blocks (unwritten or written): the on-disk size may cover it
             // (the kernel's ext4_update_inode_size with new_size = offset + len).
             let mut s = d.sizes();
@@ -377,6 +381,8 @@ impl Fs {
         }
         self.disksize_before_punch(d, offset, len);
         let end = (offset + len).min(size);
+        // No window shows the pages while they are cut and their blocks freed.
+        let _cut = self.dax_cut(ino, d, offset, end);
         let bs = self.block_size as u64;
         let first_full = offset.div_ceil(bs);
         let end_full = end / bs;

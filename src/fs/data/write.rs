@@ -102,6 +102,9 @@ impl Fs {
         } else {
             inode
         };
+        // Pages of writable window mappings that come inside EOF get their reservations.
+        let old_size = d.sizes().size;
+        self.dax_grow(ino, d, old_size, offset + len)?;
         self.dax_redirty_range(d, offset, offset + len);
         let room = |own: bool, attempt: u32| self.make_room(ino, d, own, attempt);
         let flush = || self.flush_for_space(ino, d);
