@@ -38,6 +38,17 @@ fn leave_secret(fs: &Fs, name: &[u8]) {
     fs.setattr(a, &cut).unwrap();
 }
 
+/// Map chunk 0 of `ino` for a window (as the transport does) and return the pin.
+fn pin_chunk(fs: &Fs, ino: super::Ino, write: bool) -> super::DaxPin {
+    let mut pin = None;
+    fs.dax_pin(ino, 0, SLAB_SIZE as u64, write, |p| {
+        pin = Some(p);
+        Ok(())
+    })
+    .unwrap();
+    pin.unwrap()
+}
+
 fn no_secret(what: &str, got: &[u8]) {
     if let Some(at) = got.iter().position(|&b| b == SECRET) {
         panic!("{what}: another file's old byte at {at}");
@@ -96,7 +107,8 @@ fn check_reuse(block: &str) {
     assert_eq!(got, b_model);
     // 4. A window mapping shows the chunk's whole slab: nothing but B's data and zeros.
     leave_secret(&fs, b"a4");
-    let off = fs.dax_pin(b, 0, SLAB_SIZE as u64, true).unwrap();
+    let pin = pin_chunk(&fs, b, true);
+    let off = pin.fd_offset;
     let mut slab = vec![0u8; SLAB_SIZE];
     // SAFETY: pread into a buffer we own from the cache's memfd.
     let n = unsafe {
@@ -109,7 +121,7 @@ fn check_reuse(block: &str) {
     };
     assert_eq!(n, SLAB_SIZE as isize);
     assert_eq!(slab, b_model[..SLAB_SIZE], "the mapped chunk");
-    fs.dax_unpin(b, 0, SLAB_SIZE as u64, true);
+    fs.dax_unpin(pin);
     // 5. A second file written in partial pages over reused memory.
     leave_secret(&fs, b"a5");
     let c = fs.mknod(ROOT_INO, b"c", 0o100644, 0, &ctx()).unwrap().ino;
@@ -122,7 +134,8 @@ fn check_reuse(block: &str) {
     leave_secret(&fs, b"a6");
     let d = fs.mknod(ROOT_INO, b"d", 0o100644, 0, &ctx()).unwrap().ino;
     fs.write(d, 0, &[0x22; 1000], 0).unwrap();
-    let off = fs.dax_pin(d, 0, SLAB_SIZE as u64, false).unwrap();
+    let pin = pin_chunk(&fs, d, false);
+    let off = pin.fd_offset;
     // SAFETY: as above.
     let n = unsafe {
         libc::pread(
@@ -135,7 +148,7 @@ fn check_reuse(block: &str) {
     assert_eq!(n, SLAB_SIZE as isize);
     assert_eq!(slab[..1000], [0x22; 1000]);
     no_secret("a window over a short file", &slab);
-    fs.dax_unpin(d, 0, SLAB_SIZE as u64, false);
+    fs.dax_unpin(pin);
     fs.fsync(b, false).unwrap();
     fs.fsync(c, false).unwrap();
     fs.shutdown().unwrap();
