@@ -344,6 +344,8 @@ impl Fs {
             self.writeback_inode(ino, d, 0, u64::MAX)?;
         }
         let _g = self.ns_read();
+        // Completions of the file's writes may still convert its extents.
+        let _m = d.as_ref().map(|d| d.data_read());
         let inode = self.read_inode(ino)?;
         if inode.is_dir() {
             return Err(Errno::EINVAL);

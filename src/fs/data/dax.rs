@@ -169,7 +169,7 @@ impl Fs {
         }
         let bs = self.block_size as u64;
         let (first, end_blk) = (offset / bs, end.div_ceil(bs));
-        let holes = self.unreserved_holes(ino, inode, first, end_blk)?;
+        let holes = self.unreserved_holes(ino, d, inode, first, end_blk)?;
         let need: u64 = holes.iter().map(|(_, l)| l).sum();
         // Always a reservation (never write()'s allocate-at-once switch): a reservation keeps
         // the metadata pool free, so the writeback of what the guest stores cannot fail.
@@ -177,7 +177,7 @@ impl Fs {
         for &(s, l) in &holes {
             self.es.insert(ino, s, l, Status::Delayed);
         }
-        self.file_modified(ino, false)
+        self.file_modified(ino, d, false)
     }
 
     /// Undo one [`Fs::dax_pin`]: a writable mapping's pages are dirty for normal writeback to

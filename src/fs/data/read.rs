@@ -142,7 +142,7 @@ impl Fs {
             let p1 = end.div_ceil(PAGE_SIZE as u64);
             self.writeback_inode(ino, &d, p0, p1)?;
             let v = {
-                let _g = self.ns_read();
+                let _g = self.map_read(&d);
                 let mut inode = self.read_inode(ino)?;
                 inode.size = fsize;
                 self.read_data(ino, &inode, offset, size)?
@@ -235,7 +235,7 @@ impl Fs {
         while l < last {
             // The run of the block map around `l`, cut at the chunk's end (one slab).
             let m = {
-                let _g = self.ns_read();
+                let _g = self.map_read(d);
                 self.map_block(ino, &inode, l)?
             };
             let chunk_end = (l / bpp / SLAB_PAGES as u64 + 1) * SLAB_PAGES as u64 * bpp;

@@ -113,7 +113,7 @@ impl Fs {
         let idx = lblk / bpp;
         let b = lblk % bpp;
         let target = {
-            let _g = self.ns_read();
+            let _g = self.map_read(d);
             let inode = self.read_inode(ino)?;
             self.map_block(ino, &inode, lblk)?.target
         };
@@ -144,7 +144,7 @@ impl Fs {
             }
         };
         if !cached {
-            self.fill_block(ino, lblk, slab, p, (b * bs) as usize)?;
+            self.fill_block(ino, d, lblk, slab, p, (b * bs) as usize)?;
         }
         self.data
             .pc
@@ -305,7 +305,7 @@ impl Fs {
         let (first, n) = (offset / bs, len / bs);
         {
             // Blocks allocated past EOF move too: they must stay addressable.
-            let _g = self.ns_read();
+            let _g = self.map_read(d);
             let inode = self.read_inode(ino)?;
             let io = NodeIo::new(self, ino, &inode);
             let mut root = inode.block;
@@ -348,7 +348,7 @@ impl Fs {
         let credits = LEAVES * (crate::ondisk::extent::MAX_DEPTH as usize + 1) + 8;
         let mut range = Some((from.min(u32::MAX as u64) as u32, 1u64 << 32));
         while let Some((lo, hi)) = range {
-            let _g = self.start_handle(credits);
+            let _g = self.ns_write_credits(credits);
             let mut inode = self.read_inode(ino)?;
             let io = NodeIo::new(self, ino, &inode);
             let mut root = inode.block;
@@ -397,13 +397,13 @@ impl Fs {
         let mut l = first;
         while l < end {
             let m = {
-                let _g = self.ns_read();
+                let _g = self.map_read(d);
                 let inode = self.read_inode(ino)?;
                 self.map_block(ino, &inode, l)?
             };
             let run_end = end.min(m.lblk.saturating_add(m.len)).max(l + 1);
             if m.target == Target::Hole {
-                let (_, got) = self.alloc_unwritten(ino, l, run_end - l)?;
+                let (_, got) = self.alloc_unwritten(ino, d, l, run_end - l)?;
                 l += got.min(run_end - l).max(1);
             } else {
                 l = run_end;
@@ -474,7 +474,7 @@ impl Fs {
         let mut at = Some(first.min(u32::MAX as u64) as u32);
         while let Some(start) = at {
             {
-                let _g = self.start_handle(credits);
+                let _g = self.ns_write_credits(credits);
                 let mut inode = self.read_inode(ino)?;
                 let io = NodeIo::new(self, ino, &inode);
                 let mut root = inode.block;

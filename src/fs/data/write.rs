@@ -139,7 +139,7 @@ impl Fs {
         let bs = self.block_size as u64;
         let first = offset / bs;
         let end_blk = (offset + len).div_ceil(bs);
-        let mut holes = self.unreserved_holes(ino, &inode, first, end_blk)?;
+        let mut holes = self.unreserved_holes(ino, d, &inode, first, end_blk)?;
         let need: u64 = holes.iter().map(|(_, l)| l).sum();
         if need > 0 && inode.has_flag(flags::EXTENTS) && self.nearly_full() {
             // Little room left: allocate unwritten blocks now (ext4's nonda switch), so the
@@ -147,7 +147,7 @@ impl Fs {
             for &(s, l) in &holes {
                 let mut at = s;
                 while at < s + l {
-                    let (_, got) = self.alloc_unwritten(ino, at, s + l - at)?;
+                    let (_, got) = self.alloc_unwritten(ino, d, at, s + l - at)?;
                     at += got.max(1);
                 }
             }
@@ -182,7 +182,7 @@ impl Fs {
             let mut s = d.sizes();
             s.size = s.size.max(offset + done as u64);
         }
-        self.file_modified(ino, flags_ & KILL_SUIDGID != 0)?;
+        self.file_modified(ino, d, flags_ & KILL_SUIDGID != 0)?;
         Ok(done as u32)
     }
 
@@ -200,7 +200,7 @@ impl Fs {
         kill_suid: bool,
     ) -> Result<Option<u32>> {
         let end = offset + len;
-        let _g = self.ns_write();
+        let _g = self.inline_step(ino, d)?;
         let mut inode = self.read_inode(ino)?;
         let Some(room) = self.max_inline_xattr(ino, &inode)? else {
             return Ok(None);
@@ -230,7 +230,7 @@ impl Fs {
     /// block (written at once, before the map that points to it commits) and return the inode
     /// as it is now.
     pub(super) fn inline_to_blocks(&self, ino: Ino, d: &InodeData) -> Result<Inode> {
-        let _g = self.ns_write();
+        let _g = self.inline_step(ino, d)?;
         let mut inode = self.read_inode(ino)?;
         if !inode.has_flag(flags::INLINE_DATA) {
             return Ok(inode);
@@ -255,8 +255,8 @@ impl Fs {
 
     /// mtime and ctime move, suid (and sgid with group-exec) go when asked — the inode update of
     /// a write, in a short handle.
-    pub(super) fn file_modified(&self, ino: Ino, kill_suid: bool) -> Result<()> {
-        let _g = self.ns_write();
+    pub(super) fn file_modified(&self, ino: Ino, d: &InodeData, kill_suid: bool) -> Result<()> {
+        let _g = self.data_step(d);
         let mut i = self.read_inode(ino)?;
         modified(&mut i, kill_suid);
         self.store_inode(ino, &i)
@@ -267,11 +267,12 @@ impl Fs {
     pub(super) fn unreserved_holes(
         &self,
         ino: Ino,
+        d: &InodeData,
         inode: &Inode,
         first: u64,
         end: u64,
     ) -> Result<Vec<(u64, u64)>> {
-        let _g = self.ns_read();
+        let _g = self.map_read(d);
         let mut out: Vec<(u64, u64)> = Vec::new();
         let mut push = |s: u64, l: u64| {
             if l == 0 {
@@ -367,7 +368,7 @@ impl Fs {
                     || (b == b1 && !(poff + n).is_multiple_of(bs));
                 if partial && state.uptodate & (1 << b) == 0 {
                     let lblk = (idx * PAGE_SIZE as u64) / bs as u64 + b as u64;
-                    if let Err(e) = self.fill_block(ino, lblk, slab, p, b * bs) {
+                    if let Err(e) = self.fill_block(ino, d, lblk, slab, p, b * bs) {
                         return (done, Some(e));
                     }
                     d.pages().set_uptodate(idx, 1 << b);
@@ -451,6 +452,7 @@ impl Fs {
     pub(super) fn fill_block(
         &self,
         ino: Ino,
+        d: &InodeData,
         lblk: u64,
         slab: SlabId,
         p: usize,
@@ -458,7 +460,7 @@ impl Fs {
     ) -> Result<()> {
         let bs = self.block_size as usize;
         let target = {
-            let _g = self.ns_read();
+            let _g = self.map_read(d);
             let inode = self.read_inode(ino)?;
             self.map_block(ino, &inode, lblk)?.target
         };

@@ -201,7 +201,7 @@ impl Fs {
         ios: &mut Vec<Io>,
     ) -> Result<u64> {
         let (inode, m) = {
-            let _g = self.ns_read();
+            let _g = self.map_read(d);
             let inode = self.read_inode(ino)?;
             let m = self.map_block(ino, &inode, l)?;
             (inode, m)
@@ -218,7 +218,7 @@ impl Fs {
                 Ok(n)
             }
             Target::Hole if inode.has_flag(flags::EXTENTS) => {
-                let (pblk, got) = self.alloc_unwritten(ino, l, end - l)?;
+                let (pblk, got) = self.alloc_unwritten(ino, d, l, end - l)?;
                 if got == 0 {
                     return Ok(0);
                 }
@@ -407,6 +407,7 @@ impl Fs {
     pub(in crate::fs) fn alloc_unwritten(
         &self,
         ino: Ino,
+        d: &InodeData,
         lblk: u64,
         min_len: u64,
     ) -> Result<(u64, u64)> {
@@ -416,7 +417,7 @@ impl Fs {
         }
         .clamp(1, MAX_UNWRITTEN);
         for attempt in 0..2 {
-            match self.alloc_unwritten_once(ino, lblk, want) {
+            match self.alloc_unwritten_once(ino, d, lblk, want) {
                 Err(Errno::ENOSPC) if attempt == 0 && self.alloc.busy_blocks() > 0 => {
                     self.sync()?;
                 }
@@ -426,8 +427,15 @@ impl Fs {
         Err(Errno::ENOSPC)
     }
 
-    fn alloc_unwritten_once(&self, ino: Ino, lblk: u64, want: u64) -> Result<(u64, u64)> {
-        let _g = self.ns_write();
+    fn alloc_unwritten_once(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        lblk: u64,
+        want: u64,
+    ) -> Result<(u64, u64)> {
+        // The file's data lock, not the namespace lock: other files allocate at the same time.
+        let _g = self.data_step(d);
         let mut inode = self.read_inode(ino)?;
         // The hole may be shorter than asked (a mapped block further on).
         let m = self.map_block(ino, &inode, lblk)?;
@@ -548,7 +556,8 @@ impl Fs {
         if merged.is_empty() && new_disksize == d.sizes().disksize {
             return Ok(());
         }
-        let _g = self.ns_write();
+        // The file's data lock, not the namespace lock: other files complete at the same time.
+        let _g = self.data_step(d);
         let mut inode = self.read_inode(ino)?;
         let mut r = Ok(());
         for (s, n) in merged {
