@@ -3,7 +3,7 @@
 //! and writeback of many files beside namespace operations and forced commits leaves a clean
 //! image with every file's contents (e2fsck, and the kernel reading them back).
 
-use super::testutil::{ctx, kernel_mount, kernel_umount};
+use super::testutil::{ctx, kernel_mount, kernel_umount, mkfs_blank as mkfs};
 use super::{Fs, MountOptions, ROOT_INO, SetAttr};
 use crate::test_support::e2fsck_clean;
 use std::path::Path;
@@ -11,27 +11,54 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::Duration;
 
-fn mkfs(img: &Path, opts: &[&str], size: &str) {
-    let out = std::process::Command::new("mke2fs")
-        .args(["-q", "-F"])
-        .args(opts)
-        .arg(img)
-        .arg(size)
-        .output()
-        .expect("mke2fs (e2fsprogs) is required");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn mount(img: &Path) -> Arc<Fs> {
     let dev = crate::blockdev::FileDevice::open(img, false).unwrap();
     let fs =
         Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only: false }, 32 << 20).unwrap();
     assert!(!fs.is_read_only());
     Arc::new(fs)
+}
+
+/// A fresh image made with `opts`, mounted, with `n` empty files `{prefix}{i}` (consecutive
+/// inodes: they share inode-table blocks).
+fn fresh(
+    opts: &[&str],
+    size: &str,
+    prefix: &str,
+    n: usize,
+) -> (tempfile::TempDir, std::path::PathBuf, Arc<Fs>, Vec<u64>) {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("img");
+    mkfs(&img, opts, size);
+    let fs = mount(&img);
+    let inos = (0..n)
+        .map(|i| {
+            fs.mknod(
+                ROOT_INO,
+                format!("{prefix}{i}").as_bytes(),
+                0o100644,
+                0,
+                &ctx(),
+            )
+            .unwrap()
+            .ino
+        })
+        .collect();
+    (t, img, fs, inos)
+}
+
+/// A thread committing every millisecond until `stop`; returns how many commits it asked for.
+fn committer(fs: &Arc<Fs>, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    let (fs, stop) = (fs.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            fs.sync().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+            n += 1;
+        }
+        n
+    })
 }
 
 /// Run `f` on another thread; fail if it does not finish within `secs` (a hang).
@@ -54,12 +81,8 @@ fn pattern(seed: u64, n: usize) -> Vec<u8> {
 /// namespace write lock as the handle, the second would wait for the first forever here).
 #[test]
 fn data_steps_of_two_files_run_at_once() {
-    let t = tempfile::tempdir().unwrap();
-    let img = t.path().join("img");
-    mkfs(&img, &["-t", "ext4"], "32M");
-    let fs = mount(&img);
-    let a = fs.mknod(ROOT_INO, b"a", 0o100644, 0, &ctx()).unwrap().ino;
-    let b = fs.mknod(ROOT_INO, b"b", 0o100644, 0, &ctx()).unwrap().ino;
+    let (_t, img, fs, inos) = fresh(&["-t", "ext4"], "32M", "f", 2);
+    let (a, b) = (inos[0], inos[1]);
     let both_in = Arc::new(Barrier::new(2));
     let threads: Vec<_> = [a, b]
         .into_iter()
@@ -91,18 +114,8 @@ fn data_steps_of_two_files_run_at_once() {
 /// commits in between): each inode keeps exactly what its own handle last stored.
 #[test]
 fn inodes_sharing_a_table_block_keep_every_update() {
-    let t = tempfile::tempdir().unwrap();
-    let img = t.path().join("img");
     // 1 KiB blocks of 256-byte inodes: four inodes per table block.
-    mkfs(&img, &["-t", "ext4", "-b", "1024", "-I", "256"], "32M");
-    let fs = mount(&img);
-    let inos: Vec<u64> = (0..8)
-        .map(|i| {
-            fs.mknod(ROOT_INO, format!("f{i}").as_bytes(), 0o100644, 0, &ctx())
-                .unwrap()
-                .ino
-        })
-        .collect();
+    let (_t, img, fs, inos) = fresh(&["-t", "ext4", "-b", "1024", "-I", "256"], "32M", "f", 8);
     let blocks: Vec<u64> = inos
         .iter()
         .map(|&i| fs.inode_location(i).unwrap().0)
@@ -112,15 +125,7 @@ fn inodes_sharing_a_table_block_keep_every_update() {
         "four new inodes share a table block: {blocks:?}"
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let committer = {
-        let (fs, stop) = (fs.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                fs.sync().unwrap();
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let committer = committer(&fs, &stop);
     let workers: Vec<_> = inos
         .iter()
         .map(|&ino| {
@@ -149,7 +154,7 @@ fn inodes_sharing_a_table_block_keep_every_update() {
         }
     });
     stop.store(true, Ordering::Relaxed);
-    committer.join().unwrap();
+    assert!(committer.join().unwrap() > 0);
     for &ino in &inos {
         assert_eq!(
             fs.read_inode(ino).unwrap().generation,
@@ -165,11 +170,8 @@ fn inodes_sharing_a_table_block_keep_every_update() {
 #[test]
 fn read_modify_writes_of_one_block_are_atomic() {
     use crate::alloc::MetaIo;
-    let t = tempfile::tempdir().unwrap();
-    let img = t.path().join("img");
-    mkfs(&img, &["-t", "ext4", "-b", "1024", "-I", "256"], "32M");
-    let fs = mount(&img);
-    let ino = fs.mknod(ROOT_INO, b"f", 0o100644, 0, &ctx()).unwrap().ino;
+    let (_t, img, fs, inos) = fresh(&["-t", "ext4", "-b", "1024", "-I", "256"], "32M", "f", 1);
+    let ino = inos[0];
     let (block, off) = fs.inode_location(ino).unwrap();
     let before = fs.read_meta_block(block).unwrap()[off + 0x64..off + 0x68].to_vec();
     let workers: Vec<_> = (0..4usize)
@@ -219,21 +221,12 @@ fn read_modify_writes_of_one_block_are_atomic() {
 /// us and through the kernel, and e2fsck finds the image clean.
 #[test]
 fn concurrent_writeback_beside_namespace_ops_and_commits() {
-    let t = tempfile::tempdir().unwrap();
-    let img = t.path().join("img");
-    mkfs(
-        &img,
+    let (_t, img, fs, files) = fresh(
         &["-t", "ext4", "-b", "1024", "-I", "256", "-J", "size=1"],
         "96M",
+        "w",
+        4,
     );
-    let fs = mount(&img);
-    let files: Vec<u64> = (0..4)
-        .map(|i| {
-            fs.mknod(ROOT_INO, format!("w{i}").as_bytes(), 0o100644, 0, &ctx())
-                .unwrap()
-                .ino
-        })
-        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let mut side = Vec::new();
     {
@@ -279,18 +272,7 @@ fn concurrent_writeback_beside_namespace_ops_and_commits() {
             n
         }));
     }
-    {
-        let (fs, stop) = (fs.clone(), stop.clone());
-        side.push(std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                fs.sync().unwrap();
-                std::thread::sleep(Duration::from_millis(2));
-                n += 1;
-            }
-            n
-        }));
-    }
+    side.push(committer(&fs, &stop));
     let writers: Vec<_> = files
         .iter()
         .enumerate()
