@@ -242,7 +242,7 @@ fn run_concurrent_workload(fs: &Fs, dev: &RecordingDevice<MemDevice>) -> Vec<Tra
                     .unwrap();
                 fs.rename(ROOT_INO, name.as_bytes(), ROOT_INO, b"ns-last", 0)
                     .unwrap();
-                if n % 3 == 0 {
+                if n.is_multiple_of(3) {
                     fs.unlink(ROOT_INO, b"ns-last").unwrap();
                     fs.forget(a.ino, 1);
                 }
