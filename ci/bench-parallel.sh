@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Parallel writers benchmark: WRITERS processes each write their own file through our FUSE mount
-# at once (MIB_EACH MiB in 64 KiB writes, fsync every 4 MiB, so writeback's allocation and I/O
-# completion of the files overlap), on a fresh image each run. Prints the seconds of the whole
+# at once (MIB_EACH MiB in WRITE_KIB-sized writes, 64 by default, fsync every 4 MiB, so
+# writeback's allocation and I/O completion of the files overlap), on a fresh image each run. Prints the seconds of the whole
 # phase and MiB/s. Give several daemon binaries (e.g. a build of another branch) to compare them
 # in one run; e2fsck -fn checks every image afterwards.
-# Usage: sudo bash ci/bench-parallel.sh [WRITERS] [MIB_EACH] [BINARY...]
+# Usage: sudo [WRITE_KIB=N] bash ci/bench-parallel.sh [WRITERS] [MIB_EACH] [BINARY...]
 set -euo pipefail
 WRITERS=${1:-4}
 MIB=${2:-256}
+WRITE_KIB=${WRITE_KIB:-64}
 shift $(($# > 2 ? 2 : $#))
 cd "$(dirname "$0")/.."
 for tool in mke2fs e2fsck python3; do
@@ -27,13 +28,14 @@ trap cleanup EXIT
 
 cat > "$WORK/writers.py" <<'PY'
 import os, sys, time
-root, writers, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-chunk = os.urandom(64 << 10)
+root, writers, mib, kib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+chunk = os.urandom(kib << 10)
+per_sync = max(1, 4096 // kib)
 def writer(k):
     fd = os.open(f"{root}/w{k}", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-    for i in range(mib * 16):
+    for i in range(mib * 1024 // kib):
         os.write(fd, chunk)
-        if i % 64 == 63:
+        if i % per_sync == per_sync - 1:
             os.fsync(fd)
     os.fsync(fd)
     os.close(fd)
@@ -53,16 +55,16 @@ PY
 mkdir -p "$WORK/mnt"
 for bin in "$@"; do
     img="$WORK/img"
-    mke2fs -q -F -t ext4 "$img" 4G
+    mke2fs -q -F -t ext4 "$img" 4G 2>/dev/null
     sync; echo 3 > /proc/sys/vm/drop_caches
     ( "$bin" mount "$img" "$WORK/mnt" --cache-size 512M & )
     for _ in $(seq 100); do mountpoint -q "$WORK/mnt" && break; sleep 0.1; done
     mountpoint -q "$WORK/mnt" || { echo "bench-parallel: $bin did not mount" >&2; exit 1; }
-    read -r secs rate < <(timeout 1800 python3 "$WORK/writers.py" "$WORK/mnt" "$WRITERS" "$MIB")
+    read -r secs rate < <(timeout 1800 python3 "$WORK/writers.py" "$WORK/mnt" "$WRITERS" "$MIB" "$WRITE_KIB")
     for _ in 1 2 3 4 5 6 7 8 9 10; do umount "$WORK/mnt" 2>/dev/null && break; sleep 0.5; done
     sleep 1
     check=clean
     e2fsck -fn "$img" >/dev/null 2>&1 || check="e2fsck -fn found problems"
-    echo "$bin: $WRITERS writers x $MIB MiB: $secs s, $rate MiB/s ($check)"
+    echo "$bin: $WRITERS writers x $MIB MiB in $WRITE_KIB KiB writes: $secs s, $rate MiB/s ($check)"
     rm -f "$img"
 done
