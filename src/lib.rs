@@ -1,5 +1,5 @@
 //! vhost-ext4: an ext4 engine in userspace, served to VMs over vhost-user-fs / vhost-user-blk and to
-//! the host over FUSE. Layers, bottom-up: blockdev / ondisk / cache / pagecache → alloc / extent /
+//! the host over FUSE. Layers, bottom-up: blockdev / ondisk / cache / pagecache / iomap → alloc / extent /
 //! journal → volume → inode → fs → fuse → vhost.
 
 pub mod alloc;
@@ -10,6 +10,7 @@ pub mod extent;
 pub mod fs;
 pub mod fuse;
 pub mod inode;
+pub mod iomap;
 pub mod journal;
 pub mod ondisk;
 pub mod pagecache;

@@ -470,8 +470,10 @@ fn dax_holes_are_reserved_at_setupmapping() {
 }
 
 /// A read-only mapping upgraded to writable (the guest resends SETUPMAPPING with WRITE) is
-/// unmapped and mapped again; truncate keeps mappings (the cut pages read as zeros), collapse
-/// unmaps them.
+/// unmapped and mapped again; a truncate unmaps the window range over the pages it drops until
+/// their blocks are freed, then maps it again (a Linux guest keeps using its mapping within the
+/// new EOF, and after a regrow), the cut reading as zeros; a regrow reserves what comes inside
+/// EOF; collapse unmaps for good.
 #[test]
 fn dax_upgrade_truncate_and_collapse_while_mapped() {
     let fx = Fixture::new(32, &[]);
@@ -496,16 +498,34 @@ fn dax_upgrade_truncate_and_collapse_while_mapped() {
     );
     g.dax().store(10, b"upgraded");
     model[10..18].copy_from_slice(b"upgraded");
-    // Truncate to 100 KiB + 5 while chunk 0 is mapped: the mapping stays, the cut reads zero.
+    // Truncate to 100 KiB + 5 while chunk 0 is mapped: unmapped while the blocks go, then
+    // mapped again; the cut reads zero.
     let cut = 100 * 1024 + 5;
     g.truncate(f, cut);
     model.truncate(cut as usize);
+    assert_eq!(
+        *g.dax().counts.lock().unwrap(),
+        (3, 2, 0),
+        "unmapped during the truncate, mapped again after"
+    );
     assert!(g.dax().mapped(0, CHUNK, true));
     assert_eq!(g.dax().load(cut, 4096 - 5), vec![0u8; 4096 - 5]);
     assert_eq!(g.dax().load(200 << 10, 4096), vec![0u8; 4096]);
     assert_eq!(g.dax().load(0, cut as usize), model);
-    // The guest grows the file again and stores through its old mapping.
+    // The guest grows the file again and stores through its old mapping: the pages that came
+    // inside EOF were reserved by the regrow (statfs shows it).
+    let before = g.bfree();
     g.truncate(f, 1 << 20);
+    let after = g.bfree();
+    assert!(
+        before - after >= ((1 << 20) - cut) / 4096,
+        "the regrown range of a writable mapping is reserved: {before} -> {after}"
+    );
+    assert_eq!(
+        g.dax().load(cut, 4096),
+        vec![0u8; 4096],
+        "zeros past the old EOF"
+    );
     model.resize(1 << 20, 0);
     g.dax().store(512 << 10, b"after regrow");
     model[512 << 10..(512 << 10) + 12].copy_from_slice(b"after regrow");
@@ -598,10 +618,30 @@ fn dax_malformed_requests_get_einval() {
     assert_eq!(g.remove(&[(6 * CHUNK, CHUNK)]), 0);
     assert_eq!(g.remove(&[(4 * CHUNK, CHUNK)]), 0);
     assert_eq!(g.dax().mappings().len(), 1);
-    // A REMOVEMAPPING whose count disagrees with its length.
-    let mut b = 3u32.to_le_bytes().to_vec();
-    b.extend_from_slice(&le(&[0, CHUNK]));
-    assert_eq!(g.call(REMOVEMAPPING, ROOT, &b).0, EINVAL);
+    // A REMOVEMAPPING whose count disagrees with its length, and a huge count.
+    for count in [3u32, 0x1_0001, u32::MAX] {
+        let mut b = count.to_le_bytes().to_vec();
+        b.extend_from_slice(&le(&[0, CHUNK]));
+        assert_eq!(g.call(REMOVEMAPPING, ROOT, &b).0, EINVAL, "count {count}");
+    }
+    // No entries at all: nothing to do.
+    assert_eq!(g.remove(&[]), 0);
+    assert_eq!(g.dax().mappings().len(), 1);
+    // A symlink, and a node that does not exist.
+    let sym = u64_at(&g.ok(6, ROOT, b"sym\0f\0"), 0);
+    assert_eq!(g.setup(sym, 0, CHUNK, MAP_R, 5 * CHUNK), EINVAL);
+    // An unknown node: the answer every request naming it gets.
+    let unknown = g.call(GETATTR, 999_999, &[0u8; 16]).0;
+    assert!(unknown < 0);
+    assert_eq!(g.setup(999_999, 0, CHUNK, MAP_R, 5 * CHUNK), unknown);
+    // The directory again, named with its open handle (the handle is not what counts).
+    let fh = u64_at(&g.ok(27, dir, &[0u8; 8]), 0);
+    assert_eq!(
+        g.call(SETUPMAPPING, dir, &le(&[fh, 0, CHUNK, MAP_R, 5 * CHUNK]))
+            .0,
+        -libc::EISDIR
+    );
+    assert_eq!(g.dax().mappings().len(), 1);
     // A short SETUPMAPPING.
     assert_eq!(g.call(SETUPMAPPING, f, &le(&[0, 0, CHUNK])).0, EINVAL);
     assert_eq!(
@@ -685,16 +725,32 @@ fn dax_punch_and_free_while_mapped() {
     g.write(f, 1 << 20, &model[1 << 20..]);
     g.fsync(f);
     assert_eq!(g.setup(f, 0, CHUNK, MAP_R | MAP_W, 0), 0);
-    // PUNCH_HOLE | KEEP_SIZE of [64 KiB, 192 KiB).
+    // PUNCH_HOLE | KEEP_SIZE of [64 KiB, 192 KiB): unmapped while the blocks go, then mapped
+    // again.
+    let (maps, unmaps, _) = *g.dax().counts.lock().unwrap();
     assert_eq!(g.fallocate(f, 64 << 10, 128 << 10, 0x3), 0);
+    assert_eq!(
+        *g.dax().counts.lock().unwrap(),
+        (maps + 1, unmaps + 1, 0),
+        "the punch unmapped the range first"
+    );
+    assert!(g.dax().mapped(0, CHUNK, true));
     model[64 << 10..192 << 10].fill(0);
     assert_eq!(g.dax().load(64 << 10, 128 << 10), vec![0u8; 128 << 10]);
     assert_eq!(g.read(f, 0, 512 << 10), model[..512 << 10]);
     g.dax().store(4096, b"still mapped");
     model[4096..4108].copy_from_slice(b"still mapped");
     g.fsync(f);
+    // The mapped-again range holds reservations for the punched blocks (the guest may store
+    // there); nothing was stored, so the unmap gives them back and the hole stays.
+    let punched = g.bfree();
     assert_eq!(g.remove(&[(0, CHUNK)]), 0);
     g.fsync(f);
+    assert!(
+        g.bfree() >= punched + (128 << 10) / 4096,
+        "unused reservations go back at the unmap: {punched} -> {}",
+        g.bfree()
+    );
 
     // A file mapped twice (one chunk in two slots), unlinked, released and forgotten.
     let (victim, fh) = g.create_open("victim");
@@ -738,5 +794,52 @@ fn dax_punch_and_free_while_mapped() {
     assert_eq!(hole, 64 << 10, "the punched range stays a hole on disk");
     drop(file);
     assert!(!km.dir.join("victim").exists());
+    km.unmount();
+}
+
+/// Mappings past EOF, as a Linux guest makes them (a 2 MiB range from a page inside the file;
+/// a file truncated meanwhile by someone else leaves it wholly past EOF): a READ mapping shows
+/// zeros, a WRITE mapping reserves nothing past EOF; when the file grows, what comes inside EOF
+/// is reserved, and the guest's stores there reach the image.
+#[test]
+fn dax_mappings_past_eof() {
+    let fx = Fixture::new(32, &[]);
+    let (d, mut g) = fx.guest();
+    let f = g.create("f");
+    let mut model = pattern(8192, 30);
+    g.write(f, 0, &model);
+    g.fsync(f);
+    assert_eq!(g.setup(f, 3 * CHUNK, CHUNK, MAP_R, 0), 0);
+    assert_eq!(g.dax().load(4096, 4096), vec![0u8; 4096]);
+    let before = g.bfree();
+    assert_eq!(g.setup(f, 2 * CHUNK, CHUNK, MAP_R | MAP_W, CHUNK), 0);
+    assert_eq!(g.setup(f, 0, CHUNK, MAP_R | MAP_W, 2 * CHUNK), 0);
+    assert_eq!(g.bfree(), before, "nothing past EOF is reserved");
+    assert_eq!(g.size(f), 8192, "mappings never move EOF");
+    // The file grows into the mapped chunks: they are reserved now.
+    let grown = 2 * CHUNK + 100_000;
+    g.truncate(f, grown);
+    let after = g.bfree();
+    assert!(
+        before - after >= (CHUNK - 8192 + 100_000) / 4096,
+        "what came inside EOF of the writable mappings is reserved: {before} -> {after}"
+    );
+    model.resize(grown as usize, 0);
+    let a = pattern(5000, 31);
+    let b = pattern(90_000, 32);
+    g.dax().store(2 * CHUNK + 100_000, &a);
+    g.dax().store(CHUNK + 10_000, &b);
+    model[100_000..105_000].copy_from_slice(&a);
+    model[(2 * CHUNK + 10_000) as usize..(2 * CHUNK + 100_000) as usize].copy_from_slice(&b);
+    assert_eq!(g.read(f, 2 * CHUNK + 10_000, 90_000), b);
+    assert_eq!(g.remove(&[(0, 3 * CHUNK)]), 0);
+    g.fsync(f);
+    assert_eq!(
+        g.dax().counts.lock().unwrap().2,
+        0,
+        "the VMM refused nothing"
+    );
+    let km = fx.finish(d, g);
+    assert!(std::fs::read(km.dir.join("f")).unwrap() == model);
     km.unmount();
 }

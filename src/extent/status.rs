@@ -27,56 +27,10 @@
 //! ranges exist nowhere else (not on disk), so dropping them would lose data. The cache is split
 //! into shards by inode number, each a `Mutex` held only for one short map operation.
 
+pub use crate::iomap::Status;
 use crate::ondisk::inode::I_BLOCK_LEN;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
-
-/// What a run of logical blocks is. For `Written`/`Unwritten`, `pblk` is the physical block of the
-/// run's first logical block (the run is physically contiguous).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Status {
-    Written {
-        pblk: u64,
-    },
-    Unwritten {
-        pblk: u64,
-    },
-    /// Delayed allocation: data waiting for writeback, no block yet.
-    Delayed,
-    Hole,
-}
-
-impl Status {
-    /// The status of the block `off` blocks into a run that starts with `self`.
-    pub fn advance(self, off: u64) -> Status {
-        match self {
-            Status::Written { pblk } => Status::Written {
-                pblk: pblk.wrapping_add(off),
-            },
-            Status::Unwritten { pblk } => Status::Unwritten {
-                pblk: pblk.wrapping_add(off),
-            },
-            s => s,
-        }
-    }
-
-    pub fn is_delayed(self) -> bool {
-        self == Status::Delayed
-    }
-
-    /// True when a run of `len` blocks with status `self`, directly followed by a run with status
-    /// `next`, is one uniform run.
-    fn continues(self, len: u64, next: Status) -> bool {
-        match (self, next) {
-            (Status::Written { pblk: a }, Status::Written { pblk: b })
-            | (Status::Unwritten { pblk: a }, Status::Unwritten { pblk: b }) => {
-                a.checked_add(len) == Some(b)
-            }
-            (Status::Delayed, Status::Delayed) | (Status::Hole, Status::Hole) => true,
-            _ => false,
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {

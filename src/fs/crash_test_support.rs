@@ -480,8 +480,7 @@ mod tests {
             // ...and a file whose block holds it is found, with its offset and block number.
             let ino = tree.paths["d/f5"].ino;
             let inode = fs.read_inode(ino).unwrap();
-            let bmap::Target::Data { pblk, .. } = fs.map_block(ino, &inode, 2).unwrap().target
-            else {
+            let Some(pblk) = fs.map_block(ino, &inode, 2).unwrap().status.pblk() else {
                 panic!("d/f5 has data at block 2");
             };
             drop(fs);

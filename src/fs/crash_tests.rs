@@ -829,7 +829,7 @@ fn revoked_blocks_are_not_replayed_over_their_new_contents() {
     let d = fs.mkdir(ROOT_INO, b"gone", 0o755, &ctx()).unwrap();
     fs.sync().unwrap(); // logs the directory's block
     let dinode = fs.read_inode(d.ino).unwrap();
-    let bmap::Target::Data { pblk, .. } = fs.map_block(d.ino, &dinode, 0).unwrap().target else {
+    let Some(pblk) = fs.map_block(d.ino, &dinode, 0).unwrap().status.pblk() else {
         panic!("a new directory has a block");
     };
     fs.rmdir(ROOT_INO, b"gone").unwrap();

@@ -102,11 +102,9 @@ impl Fs {
         lblk: u64,
     ) -> Result<(u64, Arc<[u8]>)> {
         let m = self.map_block(ino, inode, lblk)?;
-        match m.target {
-            crate::inode::bmap::Target::Data { pblk, .. } => {
-                Ok((pblk, self.read_meta_block(pblk)?))
-            }
-            crate::inode::bmap::Target::Hole => Err(crate::corrupt!(
+        match m.status.pblk() {
+            Some(pblk) => Ok((pblk, self.read_meta_block(pblk)?)),
+            None => Err(crate::corrupt!(
                 "inode {ino}: directory has a hole at block {lblk}"
             )),
         }

@@ -37,9 +37,9 @@ impl Fs {
     }
 
     fn dir_pblk(&self, ino: Ino, inode: &Inode, lblk: u64) -> Result<u64> {
-        match self.map_block(ino, inode, lblk)?.target {
-            crate::inode::bmap::Target::Data { pblk, .. } => Ok(pblk),
-            crate::inode::bmap::Target::Hole => Err(crate::corrupt!(
+        match self.map_block(ino, inode, lblk)?.status.pblk() {
+            Some(pblk) => Ok(pblk),
+            None => Err(crate::corrupt!(
                 "inode {ino}: directory has a hole at block {lblk}"
             )),
         }

@@ -26,9 +26,7 @@ fn image_with_corrupt_dir(dir: &Path, policy: &str) -> std::path::PathBuf {
     let fs = mount(&img);
     let bad = fs.lookup(ROOT_INO, b"bad").unwrap();
     let inode = fs.read_inode(bad.ino).unwrap();
-    let crate::inode::bmap::Target::Data { pblk, .. } =
-        fs.map_block(bad.ino, &inode, 0).unwrap().target
-    else {
+    let Some(pblk) = fs.map_block(bad.ino, &inode, 0).unwrap().status.pblk() else {
         panic!("the directory has a block");
     };
     drop(fs);

@@ -4,7 +4,6 @@
 use super::Fs;
 use super::types::{Ino, SEEK_DATA, SEEK_HOLE};
 use crate::errno::{Errno, Result};
-use crate::inode::bmap::Target;
 use crate::ondisk::inode::{I_BLOCK_LEN, Inode, flags};
 
 impl Fs {
@@ -53,11 +52,7 @@ impl Fs {
         while pos < end {
             let m = self.map_block(ino, inode, pos / bs)?;
             let run_end = end.min((m.lblk + m.len).saturating_mul(bs));
-            if let Target::Data {
-                pblk,
-                unwritten: false,
-            } = m.target
-            {
+            if let Some(pblk) = m.status.written_pblk() {
                 let dev_off = pblk * bs + (pos - m.lblk * bs);
                 let dst = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
                 self.dev.read_at(dst, dev_off).map_err(|e| {
@@ -89,13 +84,7 @@ impl Fs {
         let mut pos = offset;
         while pos < isize {
             let m = self.map_block(ino, inode, pos / bs)?;
-            let is_data = matches!(
-                m.target,
-                Target::Data {
-                    unwritten: false,
-                    ..
-                }
-            );
+            let is_data = m.status.written_pblk().is_some();
             if (whence == SEEK_DATA) == is_data {
                 return Ok(pos.max(m.lblk * bs).min(isize));
             }

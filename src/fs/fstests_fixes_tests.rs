@@ -363,3 +363,43 @@ fn reads_move_atime_as_the_mount_option_says() {
     assert_eq!(read_all(&ro, f.ino), b"aaa\nbbb\n");
     assert_eq!(atime_of(&ro, f.ino), last);
 }
+
+/// copy_file_range reads its source: the source's atime moves as for a read (the kernel's
+/// splice read calls file_accessed); the destination's only when it is read.
+#[test]
+fn copy_file_range_moves_the_source_atime() {
+    let t = tempfile::tempdir().unwrap();
+    let img = new_image(t.path());
+    let fs = mount_rw(&img);
+    let src = fs
+        .mknod(ROOT_INO, b"src", libc::S_IFREG | 0o644, 0, &ctx())
+        .unwrap();
+    let dst = fs
+        .mknod(ROOT_INO, b"dst", libc::S_IFREG | 0o644, 0, &ctx())
+        .unwrap();
+    fs.write(src.ino, 0, &[5u8; 10000], 0).unwrap();
+    fs.write(dst.ino, 0, b"x", 0).unwrap();
+    // Both atimes older than their mtimes: a read of either would move it (relatime).
+    fs.set_atime_policy(AtimePolicy::from_mount_flags(0));
+    let (src_before, dst_before) = (atime_of(&fs, src.ino), atime_of(&fs, dst.ino));
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    assert_eq!(fs.copy_file_range(src.ino, 0, dst.ino, 0, 0).unwrap(), 0);
+    assert_eq!(
+        atime_of(&fs, src.ino),
+        src_before,
+        "an empty copy reads nothing"
+    );
+    assert_eq!(
+        fs.copy_file_range(src.ino, 0, dst.ino, 0, 10000).unwrap(),
+        10000
+    );
+    assert!(atime_of(&fs, src.ino) > src_before, "the source was read");
+    assert_eq!(
+        atime_of(&fs, dst.ino),
+        dst_before,
+        "the destination was not"
+    );
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
+}

@@ -24,40 +24,31 @@ mod xattr;
 
 pub use atime::{AtimeMode, AtimePolicy};
 pub use data::{
-    DaxRevoker, FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE,
+    DaxPin, DaxRevoker, FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, KILL_SUIDGID, ReadSink, Revoked, WriteSource,
 };
 pub use types::*;
 
 use crate::volume::Volume;
 // What the tests inside `fs` take from `super::*`.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 #[cfg(test)]
 use {
     crate::blockdev::BlockDevice,
     crate::errno::{Errno, Result},
-    crate::inode::bmap,
     std::sync::Arc,
 };
 
-/// A mounted ext4 file system: the shared [`Volume`] plus what the operation API keeps for its
-/// clients (lookup counts, open directories, orphans still referenced) and the data path's
-/// page cache.
+/// A mounted ext4 file system: the shared [`Volume`] (with the in-core inode table: lookup
+/// counts, orphans still referenced, page-cache sides) plus what the operation API keeps for
+/// its clients (open directories) and the data path's page cache.
 pub struct Fs {
     vol: Volume,
-    /// FUSE lookup references per inode.
-    lookups: Mutex<HashMap<Ino, u64>>,
     /// Open directory handles and the listing each one walks.
     dir_handles: Mutex<HashMap<u64, std::sync::Arc<dir::Listing>>>,
     next_fh: AtomicU64,
-    /// Unlinked inodes still referenced by the client; freed at their last forget.
-    orphans: Mutex<HashSet<Ino>>,
-    /// In-memory back links of the on-disk orphan list (inode → the inode before it).
-    orphan_prev: Mutex<HashMap<Ino, Ino>>,
-    /// O_TMPFILE inodes: unlinked, yet `link` may still give them a name.
-    linkable: Mutex<HashSet<Ino>>,
     /// File data: the page cache, delalloc, writeback (see `data`).
     data: data::DataState,
     /// How reads move atime ([`AtimePolicy`], encoded; see `atime`).

@@ -10,7 +10,7 @@ use crate::ondisk::superblock::{
     SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock, compat, feature_names, incompat, ro_compat,
 };
 use crate::volume::Volume;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -92,12 +92,8 @@ impl Fs {
         let alloc = Allocator::new(Geometry::from_superblock(&sb), groups, locations, fixed);
         let mut fs = Fs {
             vol: Volume::new(dev, sb, itables, alloc, read_only, CACHE_BLOCKS),
-            lookups: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            orphans: Mutex::new(HashSet::new()),
-            orphan_prev: Mutex::new(HashMap::new()),
-            linkable: Mutex::new(HashSet::new()),
             data: super::data::DataState::new(cache_bytes)
                 .map_err(|e| format!("cannot set up the page cache: {e}"))?,
             atime: Default::default(),

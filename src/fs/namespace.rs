@@ -227,14 +227,8 @@ impl Fs {
         let (ino, mut i) = self.new_inode(parent, &pdir, (mode & 0o7777) | inode::S_IFREG, ctx)?;
         i.links_count = 0;
         self.count_lookup(ino);
-        self.linkable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ino);
-        self.orphans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ino);
+        self.inodes.set_linkable(ino, true);
+        self.inodes.set_orphan(ino, true);
         if let Err(e) = self.orphan_add(ino, &mut i) {
             return Err(self.undo_new_inode(ino, &mut i, e));
         }
@@ -310,12 +304,7 @@ impl Fs {
         if i.is_dir() {
             return Err(Errno::EPERM);
         }
-        let was_tmpfile = i.links_count == 0
-            && self
-                .linkable
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&ino);
+        let was_tmpfile = i.links_count == 0 && self.inodes.is_linkable(ino);
         if i.links_count == 0 && !was_tmpfile {
             return Err(Errno::ENOENT);
         }
@@ -326,14 +315,8 @@ impl Fs {
         self.add_entry(newparent, &mut pdir, newname, ino, ft_of(i.mode as u32))?;
         if was_tmpfile {
             // An O_TMPFILE file gets its first name: it leaves the orphan list.
-            self.linkable
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&ino);
-            self.orphans
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&ino);
+            self.inodes.set_linkable(ino, false);
+            self.inodes.set_orphan(ino, false);
             self.orphan_del(ino, &i)?;
             i.dtime = 0;
         }
@@ -640,6 +623,12 @@ impl Fs {
         // (taken before the namespace lock).
         let data = s.size.and_then(|_| self.inode_data(ino).ok());
         let _dw = data.as_ref().map(|d| d.write_lock());
+        // A shrink unmaps the window ranges over the pages it drops until its blocks are freed
+        // (mapped again when this returns, the rw lock still held).
+        let _cut = match (&data, s.size) {
+            (Some(d), Some(size)) => Some(self.dax_cut(ino, d, size, u64::MAX)),
+            _ => None,
+        };
         let mut old_size = None;
         let mut old_sizes = None;
         if let (Some(d), Some(size)) = (&data, s.size) {
@@ -783,11 +772,7 @@ impl Fs {
         if off == 0 {
             return Ok(());
         }
-        if let crate::inode::bmap::Target::Data {
-            pblk,
-            unwritten: false,
-        } = self.map_block(ino, i, size / bs)?.target
-        {
+        if let Some(pblk) = self.map_block(ino, i, size / bs)?.status.written_pblk() {
             let zeros = vec![0u8; (bs - off) as usize];
             self.dev.write_at(&zeros, pblk * bs + off).map_err(|e| {
                 log::error!("inode {ino}: zeroing the tail of block {pblk} failed: {e}");
@@ -795,12 +780,6 @@ impl Fs {
             })?;
         }
         Ok(())
-    }
-
-    /// Count one more lookup reference (create-style operations return a looked-up entry).
-    fn count_lookup(&self, ino: Ino) {
-        let mut lk = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
-        *lk.entry(ino).or_insert(0) += 1;
     }
 
     /// An inode lost its last link: free it now, or, while the client still references it,
@@ -815,10 +794,7 @@ impl Fs {
             self.defer_reap(ino);
         }
         if referenced || has_data {
-            self.orphans
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(ino);
+            self.inodes.set_orphan(ino, true);
             return self.orphan_add(ino, i);
         }
         self.free_inode(ino, i)

@@ -6,9 +6,10 @@ use super::dir::Listing;
 use super::types::{Attr, Ctx, DirEntry, Ino, ROOT_INO, SEEK_DATA, SEEK_HOLE, StatFs};
 use crate::errno::{Errno, Result};
 use crate::ondisk::group::layout;
-use crate::ondisk::inode::{Inode, S_IFDIR};
+use crate::ondisk::inode::{Inode, S_IFDIR, flags};
 use crate::ondisk::le::u32_at;
 use crate::ondisk::superblock::incompat;
+use crate::pagecache::PAGE_SIZE;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -22,7 +23,7 @@ impl Fs {
             // An NFS-style file handle names an inode by number (FUSE EXPORT_SUPPORT): it must
             // still be in use, or the handle is stale (ENOENT, which the kernel answers ESTALE).
             let inode = self.read_live_inode(parent)?;
-            self.count_lookup_ref(parent);
+            self.count_lookup(parent);
             return Ok(self.attr_of(parent, &inode));
         }
         let dir = self.read_inode(parent)?;
@@ -37,8 +38,7 @@ impl Fs {
             self.find_entry(parent, &dir, name)?
         };
         let inode = self.read_inode(ino)?;
-        let mut lk = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
-        *lk.entry(ino).or_insert(0) += 1;
+        self.count_lookup(ino);
         Ok(self.attr_of(ino, &inode))
     }
 
@@ -63,9 +63,10 @@ impl Fs {
         self.read_inode(ino)
     }
 
-    fn count_lookup_ref(&self, ino: Ino) {
-        let mut lk = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
-        *lk.entry(ino).or_insert(0) += 1;
+    /// Count one more lookup reference (lookup and create-style operations return a
+    /// looked-up entry).
+    pub(super) fn count_lookup(&self, ino: Ino) {
+        self.inodes.add_lookup(ino);
     }
 
     /// Look `name` up in `parent` without counting a reference (permission checks, tools).
@@ -79,40 +80,22 @@ impl Fs {
 
     /// Drop `nlookup` lookup references taken by lookup/create/readdirplus.
     pub fn forget(&self, ino: Ino, nlookup: u64) {
-        let mut lk = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = lk.get_mut(&ino) {
-            *n = n.saturating_sub(nlookup);
-            if *n == 0 {
-                lk.remove(&ino);
-                drop(lk);
-                self.reap_if_orphan(ino);
-            }
+        if self.inodes.forget(ino, nlookup) {
+            self.reap_if_orphan(ino);
         }
     }
 
     /// The client is gone (a guest restarted): drop every lookup reference it held, freeing
     /// unlinked inodes that were waiting for them.
     pub fn forget_all(&self) {
-        let held: Vec<Ino> = self
-            .lookups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(i, _)| i)
-            .collect();
-        for ino in held {
+        for ino in self.inodes.forget_all() {
             self.reap_if_orphan(ino);
         }
     }
 
     /// How many lookup references the FUSE client holds on `ino`.
     pub fn lookup_count(&self, ino: Ino) -> u64 {
-        self.lookups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ino)
-            .copied()
-            .unwrap_or(0)
+        self.inodes.lookup_count(ino)
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
@@ -234,11 +217,8 @@ impl Fs {
         }
         // A slow symlink's block is metadata: read it through the buffer cache, which holds it
         // from creation until its transaction is written home.
-        match self.map_block(ino, &inode, 0)?.target {
-            crate::inode::bmap::Target::Data {
-                pblk,
-                unwritten: false,
-            } => Ok(self.read_meta_block(pblk)?[..size as usize].to_vec()),
+        match self.map_block(ino, &inode, 0)?.status.written_pblk() {
+            Some(pblk) => Ok(self.read_meta_block(pblk)?[..size as usize].to_vec()),
             _ => Err(crate::corrupt!(
                 "inode {ino}: symlink target block is missing"
             )),
@@ -335,20 +315,31 @@ impl Fs {
         if whence != SEEK_DATA && whence != SEEK_HOLE {
             return Err(Errno::EINVAL);
         }
-        // Dirty and delayed data count as data: write it back so the block map shows it.
-        let d = self.data_if_cached(ino);
-        let _r = d.as_ref().map(|d| d.read_lock());
-        if let Some(d) = &d
-            && !self.is_read_only()
-        {
-            self.writeback_inode(ino, d, 0, u64::MAX)?;
-        }
-        let _g = self.ns_read();
-        // Completions of the file's writes may still convert its extents.
-        let _m = d.as_ref().map(|d| d.data_read());
-        let inode = self.read_inode(ino)?;
+        let inode = {
+            let _g = self.ns_read();
+            self.read_inode(ino)?
+        };
         if inode.is_dir() {
             return Err(Errno::EINVAL);
+        }
+        if inode.is_reg() && self.block_size as usize <= PAGE_SIZE {
+            // Data in the cache counts (see `iomap::seek`); the rw lock exclusively, so no
+            // writeback starts while the cache and the map are looked at.
+            let d = self.inode_data(ino)?;
+            let _w = d.write_lock_for_write();
+            let inode = {
+                let _g = self.ns_read();
+                self.read_inode(ino)?
+            };
+            if !inode.has_flag(flags::INLINE_DATA) {
+                let size = d.sizes().size;
+                let room = |own: bool, attempt: u32| self.make_room(ino, &d, own, attempt);
+                let ops = self.iomap_ops(ino, &d, &room);
+                return self
+                    .file_io(ino, &d)
+                    .seek(&ops, offset, size, whence == SEEK_DATA);
+            }
+            return self.seek_data_hole(ino, &inode, offset, whence);
         }
         self.seek_data_hole(ino, &inode, offset, whence)
     }

@@ -7,10 +7,6 @@ use crate::errno::Result;
 use crate::ondisk::inode::Inode;
 
 impl Fs {
-    fn orphan_prev_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Ino, Ino>> {
-        self.orphan_prev.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Put `ino` at the head of the orphan list.
     pub(super) fn orphan_add(&self, ino: Ino, i: &mut Inode) -> Result<()> {
         let mut live = self.sb_live.lock().unwrap_or_else(|e| e.into_inner());
@@ -19,7 +15,7 @@ impl Fs {
         live.last_orphan = ino as u32;
         drop(live);
         if old_head != 0 {
-            self.orphan_prev_map().insert(old_head, ino);
+            self.inodes.set_orphan_prev(old_head, ino);
         }
         self.store_inode(ino, i)?;
         self.write_superblock(false)
@@ -29,17 +25,7 @@ impl Fs {
     /// the predecessor comes from the in-memory back links (O(1)), as the kernel keeps them.
     pub(super) fn orphan_del(&self, ino: Ino, i: &Inode) -> Result<()> {
         let next = i.dtime as Ino;
-        let prev = {
-            let mut map = self.orphan_prev_map();
-            let prev = map.remove(&ino);
-            if next != 0 {
-                match prev {
-                    Some(p) => map.insert(next, p),
-                    None => map.remove(&next),
-                };
-            }
-            prev
-        };
+        let prev = self.inodes.unlink_orphan_prev(ino, next);
         let mut live = self.sb_live.lock().unwrap_or_else(|e| e.into_inner());
         if live.last_orphan as Ino == ino {
             live.last_orphan = next as u32;
@@ -63,7 +49,7 @@ impl Fs {
             if c.dtime as Ino == ino {
                 c.dtime = next as u32;
                 if next != 0 {
-                    self.orphan_prev_map().insert(next, cur);
+                    self.inodes.set_orphan_prev(next, cur);
                 }
                 return self.store_inode(cur, &c);
             }
@@ -100,16 +86,8 @@ impl Fs {
 
     /// The client dropped its last reference to an unlinked inode: free it.
     pub(super) fn reap_if_orphan(&self, ino: Ino) {
-        self.linkable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ino);
-        let was = self
-            .orphans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ino);
-        if !was {
+        self.inodes.set_linkable(ino, false);
+        if !self.inodes.set_orphan(ino, false) {
             return;
         }
         // The file's rw lock before the namespace lock: no read, write or writeback of it runs

@@ -19,12 +19,7 @@ impl Fs {
         // File data first: everything dirty goes home and converts before the last commits.
         self.data_shutdown()?;
         self.reap_deferred();
-        let pending: Vec<Ino> = self
-            .orphans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+        let pending: Vec<Ino> = self.inodes.take_orphans();
         // A big map is freed in steps first, each its own transaction.
         for ino in &pending {
             self.free_blocks_in_steps(*ino, 0)?;

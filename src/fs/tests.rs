@@ -254,9 +254,8 @@ fn corrupt_metadata_gives_euclean_not_panic() {
     let f = fs.lookup(d.ino, b"file").unwrap();
     let (iblk, ioff) = fs.inode_location(f.ino).unwrap();
     let inode = fs.read_inode(d.ino).unwrap();
-    let dblk = match fs.map_block(d.ino, &inode, 0).unwrap().target {
-        bmap::Target::Data { pblk, .. } => pblk,
-        _ => panic!("directory block 0 is a hole"),
+    let Some(dblk) = fs.map_block(d.ino, &inode, 0).unwrap().status.pblk() else {
+        panic!("directory block 0 is a hole");
     };
     let bs = fs.block_size() as u64;
     drop(fs);

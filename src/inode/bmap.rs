@@ -20,48 +20,19 @@ use crate::ondisk::le::u32_at;
 use crate::volume::Ino;
 use crate::volume::Volume;
 
-/// What a run of logical blocks maps to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Target {
-    Hole,
-    Data { pblk: u64, unwritten: bool },
-}
-
-/// `len` logical blocks from `lblk` map uniformly to `target` (contiguously, for data).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Mapping {
-    pub lblk: u64,
-    pub len: u64,
-    pub target: Target,
-}
+pub(crate) use crate::iomap::Mapping;
 
 /// Highest logical block + 1 a file can have.
 const MAX_LBLK: u64 = 1 << 32;
 
 /// A run of the on-disk map with the exact bounds every lookup inside it reports: the walk for
-/// any block in `[start, start + len)` returns `target` (advanced by the offset) and the run's end.
+/// any block in `[start, start + len)` returns `status` (advanced by the offset) and the run's end.
 /// Found along with a walk; cached in the extent status tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Run {
     start: u64,
     len: u64,
-    target: Target,
-}
-
-impl Run {
-    fn status(&self) -> Status {
-        match self.target {
-            Target::Hole => Status::Hole,
-            Target::Data {
-                pblk,
-                unwritten: false,
-            } => Status::Written { pblk },
-            Target::Data {
-                pblk,
-                unwritten: true,
-            } => Status::Unwritten { pblk },
-        }
-    }
+    status: Status,
 }
 
 /// Past the last block a block map can address: one hole to the end of the address space (a
@@ -70,7 +41,7 @@ fn beyond_map(lblk: u64) -> Mapping {
     Mapping {
         lblk,
         len: (u64::MAX - lblk).max(1),
-        target: Target::Hole,
+        status: Status::Hole,
     }
 }
 
@@ -81,12 +52,12 @@ fn hole_run(lblk: u64, start: u64, end: u64) -> (Mapping, Option<Run>) {
         Mapping {
             lblk,
             len: end.saturating_sub(lblk).max(1),
-            target: Target::Hole,
+            status: Status::Hole,
         },
         Some(Run {
             start,
             len: end.saturating_sub(start),
-            target: Target::Hole,
+            status: Status::Hole,
         }),
     )
 }
@@ -115,24 +86,14 @@ impl Volume {
                 Mapping {
                     lblk,
                     len: len - off,
-                    target: match status.advance(off) {
-                        Status::Written { pblk } => Target::Data {
-                            pblk,
-                            unwritten: false,
-                        },
-                        Status::Unwritten { pblk } => Target::Data {
-                            pblk,
-                            unwritten: true,
-                        },
-                        Status::Hole | Status::Delayed => Target::Hole,
-                    },
+                    // Only on-disk runs are recorded: never delayed.
+                    status: status.advance(off),
                 }
             }
             None => {
                 let (m, run) = self.walk_map(ino, inode, lblk)?;
                 if let Some(r) = run {
-                    self.es
-                        .record_mapping(ino, &root, r.start, r.len, r.status());
+                    self.es.record_mapping(ino, &root, r.start, r.len, r.status);
                 }
                 m
             }
@@ -162,14 +123,14 @@ impl Volume {
                 && r.start <= lblk
                 && lblk - r.start < r.len
                 && m.len == r.start + r.len - lblk
-                && m.target == advance(r.target, lblk - r.start)
+                && m.status == r.status.advance(lblk - r.start)
         });
         Ok((m, run))
     }
 
     /// Refuse a mapping to blocks outside the file system.
     fn check_mapping(&self, ino: Ino, lblk: u64, m: Mapping) -> Result<Mapping> {
-        if let Target::Data { pblk, .. } = m.target
+        if let Some(pblk) = m.status.pblk()
             && (pblk < self.sb.first_data_block as u64
                 || pblk
                     .checked_add(m.len)
@@ -239,22 +200,23 @@ impl Volume {
                         let end = e.lblk as u64 + e.len as u64;
                         if lblk < end {
                             let off = lblk - e.lblk as u64;
-                            let target = Target::Data {
-                                pblk: e.pblk,
-                                unwritten: e.unwritten,
+                            let status = if e.unwritten {
+                                Status::Unwritten { pblk: e.pblk }
+                            } else {
+                                Status::Written { pblk: e.pblk }
                             };
                             // An extent sticking out of its subtree (a lenient index key) is not
                             // walked here for all of its blocks: do not record it.
                             let run = (e.lblk as u64 >= lower && end <= bound).then_some(Run {
                                 start: e.lblk as u64,
                                 len: e.len as u64,
-                                target,
+                                status,
                             });
                             return Ok((
                                 Mapping {
                                     lblk,
                                     len: end - lblk,
-                                    target: advance(target, off),
+                                    status: status.advance(off),
                                 },
                                 run,
                             ));
@@ -346,31 +308,14 @@ impl Volume {
             Mapping {
                 lblk,
                 len: n as u64,
-                target: Target::Data {
-                    pblk: first,
-                    unwritten: false,
-                },
+                status: Status::Written { pblk: first },
             },
             Some(Run {
                 start: base + b as u64,
                 len: (last + n - b) as u64,
-                target: Target::Data {
-                    pblk: word(b),
-                    unwritten: false,
-                },
+                status: Status::Written { pblk: word(b) },
             }),
         ))
-    }
-}
-
-/// `t` for the block `off` blocks into a run starting with `t`.
-fn advance(t: Target, off: u64) -> Target {
-    match t {
-        Target::Hole => Target::Hole,
-        Target::Data { pblk, unwritten } => Target::Data {
-            pblk: pblk + off,
-            unwritten,
-        },
     }
 }
 

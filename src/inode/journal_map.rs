@@ -2,7 +2,6 @@
 //! log is the journal layer's job (`crate::journal::commit`).
 
 use crate::errno::Result;
-use crate::inode::bmap::Target;
 use crate::journal::commit::JournalWriter;
 use crate::volume::Volume;
 
@@ -22,11 +21,9 @@ impl Volume {
         let mut l = 0u64;
         while l < nblocks {
             let m = self.map_block(jino, &inode, l)?;
-            match m.target {
-                Target::Data { pblk, .. } => {
-                    map.extend((0..m.len.min(nblocks - l)).map(|i| pblk + i))
-                }
-                Target::Hole => {
+            match m.status.pblk() {
+                Some(pblk) => map.extend((0..m.len.min(nblocks - l)).map(|i| pblk + i)),
+                None => {
                     return Err(crate::corrupt!(
                         "journal inode {jino} has a hole at block {l}"
                     ));

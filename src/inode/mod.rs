@@ -6,6 +6,7 @@
 pub(crate) mod blocks;
 pub(crate) mod bmap;
 pub(crate) mod indirect;
+pub(crate) mod iomap_ops;
 pub(crate) mod journal_map;
 pub(crate) mod read;
 pub(crate) mod truncate_steps;

@@ -6,7 +6,6 @@
 //! crash between two steps is finished by the next mount's orphan processing.
 
 use crate::errno::Result;
-use crate::inode::bmap::Target;
 use crate::ondisk::inode::{Inode, flags};
 use crate::volume::{Ino, Volume};
 use std::collections::HashSet;
@@ -77,7 +76,7 @@ impl Volume {
         let mut lblk = keep;
         while lblk < MAX_LBLK {
             let m = self.map_block(ino, inode, lblk)?;
-            if let Target::Data { pblk, .. } = m.target {
+            if let Some(pblk) = m.status.pblk() {
                 let end = lblk + m.len.min(MAX_LBLK - lblk);
                 let (mut l, mut p) = (lblk, pblk);
                 while l < end {

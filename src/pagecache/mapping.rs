@@ -198,6 +198,11 @@ impl Mapping {
         self.chunks.get(&c).is_some_and(|ch| ch.pins > 0)
     }
 
+    /// Is chunk `c` mapped writable into a window?
+    pub fn is_write_pinned(&self, c: u64) -> bool {
+        self.chunks.get(&c).is_some_and(|ch| ch.write_pins > 0)
+    }
+
     /// Last use of any chunk (for LRU eviction across files).
     pub fn last_use(&self) -> u64 {
         self.chunks.values().map(|c| c.last_use).max().unwrap_or(0)
@@ -210,6 +215,42 @@ impl Mapping {
             .get(&c)
             .map(|ch| ch.pages[p])
             .unwrap_or_default()
+    }
+
+    /// The first block in `[from, to)` (block numbers; `bpp` blocks per page) for which
+    /// `has(page state, the block's bit)` is `want`. `has` must be false for a page that is
+    /// not resident (all clear), so looking for `true` skips chunks that are not in the cache.
+    pub fn find_block(
+        &self,
+        from: u64,
+        to: u64,
+        bpp: u64,
+        want: bool,
+        has: impl Fn(&PageState, u8) -> bool,
+    ) -> Option<u64> {
+        let chunk_blocks = SLAB_PAGES as u64 * bpp;
+        let mut b = from;
+        while b < to {
+            let (c, _) = split(b / bpp);
+            let Some(ch) = self.chunks.get(&c) else {
+                if !want {
+                    return Some(b);
+                }
+                // Not in the cache: on to the next chunk that is.
+                let next = self.chunks.range(c + 1..).next()?.0;
+                b = b.max(next * chunk_blocks);
+                continue;
+            };
+            let chunk_end = to.min((c + 1) * chunk_blocks);
+            while b < chunk_end {
+                let pg = &ch.pages[((b / bpp) % SLAB_PAGES as u64) as usize];
+                if has(pg, 1 << (b % bpp)) == want {
+                    return Some(b);
+                }
+                b += 1;
+            }
+        }
+        None
     }
 
     /// Where page `idx` lives, if its chunk has a slab.

@@ -7,12 +7,15 @@
 //!
 //! This module owns the slot table (which window range shows which file range) and the channel;
 //! the engine ([`crate::fs::Fs::dax_pin`]) owns what a mapping means for the page cache (pinning,
-//! read-in, page_mkwrite). The engine calls back through [`DaxRevoker`] when a file's pages move
-//! or are freed. The slot table lock is never held while calling the engine, so the lock order
-//! is the engine's: file rw lock → ns → slot table → page map.
+//! read-in, page_mkwrite). A slot holds the engine's [`DaxPin`] and is recorded (and mapped)
+//! inside `dax_pin`'s callback, under the file's rw lock, so a truncate or the freeing of the
+//! file always finds it. The engine calls back through [`DaxRevoker`] when a file's pages are
+//! cut (unmap, then map again), move or are freed (unmap). The slot table lock is never held
+//! while calling the engine, so the lock order is the engine's: file rw lock → ns → slot table
+//! → page map.
 
 use crate::errno::Errno;
-use crate::fs::{DaxRevoker, Fs, Ino, Revoked};
+use crate::fs::{DaxPin, DaxRevoker, Fs, Ino, Revoked};
 use crate::fuse::DaxWindow;
 use crate::fuse::abi::{
     RemovemappingOne, SETUPMAPPING_FLAG_READ, SETUPMAPPING_FLAG_WRITE, SetupmappingIn,
@@ -33,14 +36,11 @@ pub const DAX_RANGE: u64 = 2 << 20;
 pub const DEFAULT_WINDOW: u64 = 512 << 20;
 const PAGE: u64 = 4096;
 
-/// One live mapping: window bytes `[moffset, moffset + len)` show file bytes
-/// `[foffset, foffset + len)` of `ino`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One live mapping: window bytes `[moffset, moffset + pin.len)` show file bytes
+/// `[pin.offset, pin.offset + pin.len)` of `pin.ino()`.
+#[derive(Debug)]
 struct Slot {
-    ino: Ino,
-    foffset: u64,
-    len: u64,
-    write: bool,
+    pin: DaxPin,
 }
 
 pub struct Window {
@@ -66,15 +66,24 @@ fn check_range(moffset: u64, len: u64, size: u64) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Slots overlapping `[start, end)` (window offsets).
-fn overlapping(slots: &BTreeMap<u64, Slot>, start: u64, end: u64) -> Vec<(u64, Slot)> {
+/// The window offsets of the slots overlapping `[start, end)`; `len` gives a slot's length.
+fn overlapping<T>(
+    slots: &BTreeMap<u64, T>,
+    start: u64,
+    end: u64,
+    len: impl Fn(&T) -> u64,
+) -> Vec<u64> {
     // A slot is at most 2 MiB long, so one starting before `start - 2 MiB` cannot reach it.
     let from = start.saturating_sub(DAX_RANGE);
     slots
         .range(from..end)
-        .filter(|(m, s)| **m + s.len > start)
-        .map(|(m, s)| (*m, *s))
+        .filter(|(m, s)| **m + len(s) > start)
+        .map(|(m, _)| *m)
         .collect()
+}
+
+fn slot_len(s: &Slot) -> u64 {
+    s.pin.len
 }
 
 /// The window size checked: a non-zero multiple of 2 MiB (0 means no window).
@@ -153,17 +162,49 @@ impl Window {
     /// SHMEM_UNMAP of one slot (errors are logged: the mapping is gone for us either way).
     fn send_unmap(&self, b: Option<&Backend>, moffset: u64, s: &Slot) {
         let Some(b) = b else { return };
-        if let Err(e) = b.shmem_unmap(&Self::map_msg(moffset, s.len, 0, s.write)) {
+        if let Err(e) = b.shmem_unmap(&Self::map_msg(moffset, s.pin.len, 0, s.pin.write)) {
             warn!(
                 "vhost-user-fs: SHMEM_UNMAP of window {moffset:#x}+{:#x} failed: {e}",
-                s.len
+                s.pin.len
             );
         }
     }
 
-    fn unpin_all(&self, gone: &[(u64, Slot)]) {
-        for (_, s) in gone {
-            self.fs.dax_unpin(s.ino, s.foffset, s.len, s.write);
+    /// SHMEM_MAP of `pin` at window offset `moffset`, with reply-ack.
+    fn send_map(&self, b: Option<&Backend>, moffset: u64, pin: &DaxPin) -> std::io::Result<()> {
+        let Some(b) = b else {
+            return Err(std::io::Error::other("no backend request channel"));
+        };
+        // SAFETY: the memfd lives as long as the file system, which `self.fs` keeps alive
+        // across this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fs.dax_memfd()) };
+        b.shmem_map(
+            &Self::map_msg(moffset, pin.len, pin.fd_offset, pin.write),
+            &fd,
+        )
+        .map(|_| ())
+    }
+
+    /// Take the slots at `keys` out of the table, unmapping each; the caller unpins them once
+    /// the table is unlocked.
+    fn take_slots(
+        &self,
+        b: Option<&Backend>,
+        slots: &mut BTreeMap<u64, Slot>,
+        keys: &[u64],
+    ) -> Vec<DaxPin> {
+        keys.iter()
+            .filter_map(|m| {
+                let s = slots.remove(m)?;
+                self.send_unmap(b, *m, &s);
+                Some(s.pin)
+            })
+            .collect()
+    }
+
+    fn unpin_all(&self, gone: Vec<DaxPin>) {
+        for pin in gone {
+            self.fs.dax_unpin(pin);
         }
     }
 
@@ -177,14 +218,17 @@ impl Window {
     /// The frontend reset the device, which drops its shared memory mappings (the channel
     /// stays, for the guest's next session): forget ours without asking it anything.
     pub fn device_reset(&self) {
-        let gone: Vec<(u64, Slot)> = std::mem::take(&mut *self.slots()).into_iter().collect();
+        let gone: Vec<DaxPin> = std::mem::take(&mut *self.slots())
+            .into_values()
+            .map(|s| s.pin)
+            .collect();
         if !gone.is_empty() {
             info!(
                 "vhost-user-fs: dropping {} window mapping(s) of a gone frontend",
                 gone.len()
             );
         }
-        self.unpin_all(&gone);
+        self.unpin_all(gone);
     }
 }
 
@@ -210,49 +254,29 @@ impl DaxWindow for Window {
             return Err(e);
         }
         let write = arg.flags & SETUPMAPPING_FLAG_WRITE != 0;
-        let fd_offset = self
-            .fs
-            .dax_pin(ino, arg.foffset, arg.len, write)
-            .inspect_err(|e| {
-                if *e == Errno::EINVAL {
-                    warn!(
-                        "fuse: SETUPMAPPING of inode {ino} bytes {:#x}+{:#x}: not page-aligned in one 2 MiB chunk: EINVAL",
-                        arg.foffset, arg.len
-                    );
-                }
-            })?;
-        let new = Slot {
-            ino,
-            foffset: arg.foffset,
-            len: arg.len,
-            write,
-        };
         let b = self.backend();
-        let (old, r) = {
+        let mut old = Vec::new();
+        let mut map_err = None;
+        // The slot is recorded and mapped under the file's rw lock (inside `dax_pin`), so a
+        // truncate or the freeing of the file finds it.
+        let r = self.fs.dax_pin(ino, arg.foffset, arg.len, write, |pin| {
             let mut slots = self.slots();
             // A range already mapped (the guest's read-only to writable upgrade, or a slot
             // reused without REMOVEMAPPING) is unmapped first: SHMEM_MAP must not overlap.
-            let old = overlapping(&slots, arg.moffset, arg.moffset + arg.len);
-            for (m, s) in &old {
-                self.send_unmap(b.as_ref(), *m, s);
-                slots.remove(m);
-            }
-            let r = match &b {
-                Some(b) => {
-                    // SAFETY: the memfd lives as long as the file system, which `self.fs` keeps
-                    // alive across this call.
-                    let fd = unsafe { BorrowedFd::borrow_raw(self.fs.dax_memfd()) };
-                    b.shmem_map(&Self::map_msg(arg.moffset, arg.len, fd_offset, write), &fd)
-                        .map(|_| ())
+            let keys = overlapping(&slots, arg.moffset, arg.moffset + arg.len, slot_len);
+            old = self.take_slots(b.as_ref(), &mut slots, &keys);
+            match self.send_map(b.as_ref(), arg.moffset, &pin) {
+                Ok(()) => {
+                    slots.insert(arg.moffset, Slot { pin });
+                    Ok(())
                 }
-                None => Err(std::io::Error::other("no backend request channel")),
-            };
-            if r.is_ok() {
-                slots.insert(arg.moffset, new);
+                Err(e) => {
+                    map_err = Some(e);
+                    Err((pin, Errno::EIO))
+                }
             }
-            (old, r)
-        };
-        self.unpin_all(&old);
+        });
+        self.unpin_all(old);
         match r {
             Ok(()) => {
                 debug!(
@@ -265,12 +289,18 @@ impl DaxWindow for Window {
                 Ok(())
             }
             Err(e) => {
-                error!(
-                    "vhost-user-fs: SHMEM_MAP of inode {ino} at window {:#x}+{:#x} failed: {e}: EIO",
-                    arg.moffset, arg.len
-                );
-                self.fs.dax_unpin(ino, arg.foffset, arg.len, write);
-                Err(Errno::EIO)
+                if let Some(me) = map_err {
+                    error!(
+                        "vhost-user-fs: SHMEM_MAP of inode {ino} at window {:#x}+{:#x} failed: {me}: EIO",
+                        arg.moffset, arg.len
+                    );
+                } else if e == Errno::EINVAL {
+                    warn!(
+                        "fuse: SETUPMAPPING of inode {ino} bytes {:#x}+{:#x}: not page-aligned in one 2 MiB chunk: EINVAL",
+                        arg.foffset, arg.len
+                    );
+                }
+                Err(e)
             }
         }
     }
@@ -295,41 +325,34 @@ impl DaxWindow for Window {
         let b = self.backend();
         let gone = {
             let mut slots = self.slots();
-            let mut gone = Vec::new();
+            let mut keys = Vec::new();
             // Every mapping a range touches must lie inside it (UNMAP covers whole mappings).
             for &(m, len) in &sorted {
-                for (sm, s) in overlapping(&slots, m, m + len) {
-                    if sm < m || sm + s.len > m + len {
+                for sm in overlapping(&slots, m, m + len, slot_len) {
+                    let sl = slots[&sm].pin.len;
+                    if sm < m || sm + sl > m + len {
                         warn!(
-                            "fuse: REMOVEMAPPING of window {m:#x}+{len:#x} cuts the mapping at {sm:#x}+{:#x}: EINVAL",
-                            s.len
+                            "fuse: REMOVEMAPPING of window {m:#x}+{len:#x} cuts the mapping at {sm:#x}+{sl:#x}: EINVAL"
                         );
                         return Err(Errno::EINVAL);
                     }
-                    gone.push((sm, s));
+                    keys.push(sm);
                 }
             }
-            for (m, s) in &gone {
-                self.send_unmap(b.as_ref(), *m, s);
-                slots.remove(m);
-            }
-            gone
+            self.take_slots(b.as_ref(), &mut slots, &keys)
         };
-        self.unpin_all(&gone);
+        self.unpin_all(gone);
         Ok(())
     }
 
     fn reset(&self) {
         let b = self.backend();
-        let gone: Vec<(u64, Slot)> = {
+        let gone = {
             let mut slots = self.slots();
-            let gone: Vec<(u64, Slot)> = std::mem::take(&mut *slots).into_iter().collect();
-            for (m, s) in &gone {
-                self.send_unmap(b.as_ref(), *m, s);
-            }
-            gone
+            let keys: Vec<u64> = slots.keys().copied().collect();
+            self.take_slots(b.as_ref(), &mut slots, &keys)
         };
-        self.unpin_all(&gone);
+        self.unpin_all(gone);
     }
 }
 
@@ -337,26 +360,53 @@ impl DaxRevoker for Window {
     fn revoke(&self, ino: Ino, from: u64, to: u64) -> Vec<Revoked> {
         let b = self.backend();
         let mut slots = self.slots();
-        let hit: Vec<(u64, Slot)> = slots
+        let hit: Vec<u64> = slots
             .iter()
-            .filter(|(_, s)| s.ino == ino && s.foffset < to && s.foffset + s.len > from)
-            .map(|(m, s)| (*m, *s))
+            .filter(|(_, s)| {
+                s.pin.ino() == ino && s.pin.offset < to && s.pin.offset + s.pin.len > from
+            })
+            .map(|(m, _)| *m)
             .collect();
         hit.into_iter()
-            .map(|(m, s)| {
-                info!(
+            .filter_map(|m| {
+                let s = slots.remove(&m)?;
+                debug!(
                     "dax: inode {ino}: unmapping window {m:#x}+{:#x}: its pages move or go",
-                    s.len
+                    s.pin.len
                 );
                 self.send_unmap(b.as_ref(), m, &s);
-                slots.remove(&m);
-                Revoked {
-                    offset: s.foffset,
-                    len: s.len,
-                    write: s.write,
-                }
+                Some(Revoked {
+                    moffset: m,
+                    pin: s.pin,
+                })
             })
             .collect()
+    }
+
+    fn reinstate(&self, r: Revoked) -> Option<DaxPin> {
+        let b = self.backend();
+        let mut slots = self.slots();
+        let end = r.moffset + r.pin.len;
+        if !overlapping(&slots, r.moffset, end, slot_len).is_empty() {
+            debug!(
+                "dax: window {:#x}+{:#x} was mapped again meanwhile: not restoring {:?}",
+                r.moffset, r.pin.len, r.pin
+            );
+            return Some(r.pin);
+        }
+        match self.send_map(b.as_ref(), r.moffset, &r.pin) {
+            Ok(()) => {
+                slots.insert(r.moffset, Slot { pin: r.pin });
+                None
+            }
+            Err(e) => {
+                warn!(
+                    "vhost-user-fs: SHMEM_MAP restoring window {:#x} ({:?}) failed: {e}",
+                    r.moffset, r.pin
+                );
+                Some(r.pin)
+            }
+        }
     }
 }
 
@@ -380,25 +430,13 @@ mod tests {
 
     #[test]
     fn overlap_finds_every_slot_touching_a_range() {
-        let s = |len| Slot {
-            ino: 12,
-            foffset: 0,
-            len,
-            write: false,
-        };
-        let mut t = BTreeMap::new();
-        t.insert(0, s(2 << 20));
-        t.insert(2 << 20, s(4096));
-        t.insert(3 << 20, s(1 << 20));
-        let keys = |v: Vec<(u64, Slot)>| v.into_iter().map(|(m, _)| m).collect::<Vec<_>>();
-        assert_eq!(keys(overlapping(&t, 4096, 8192)), vec![0]);
-        assert_eq!(
-            keys(overlapping(&t, 2 << 20, 4 << 20)),
-            vec![2 << 20, 3 << 20]
-        );
-        assert_eq!(
-            keys(overlapping(&t, (2 << 20) + 4096, 3 << 20)),
-            Vec::<u64>::new()
-        );
+        let mut t: BTreeMap<u64, u64> = BTreeMap::new();
+        t.insert(0, 2 << 20);
+        t.insert(2 << 20, 4096);
+        t.insert(3 << 20, 1 << 20);
+        let ov = |a, b| overlapping(&t, a, b, |l| *l);
+        assert_eq!(ov(4096, 8192), vec![0]);
+        assert_eq!(ov(2 << 20, 4 << 20), vec![2 << 20, 3 << 20]);
+        assert_eq!(ov((2 << 20) + 4096, 3 << 20), Vec::<u64>::new());
     }
 }

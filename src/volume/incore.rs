@@ -1,174 +1,122 @@
-//! The in-core inode table: one object per regular file with cached data — its i_rwsem, its
-//! page-cache mapping, i_size beside i_disksize, and the writeback error fsync has not reported
-//! yet. Reading an inode overlays i_size from here; storing one writes i_disksize.
+//! The in-core inode table: one object per inode the mount holds anything for — the FUSE
+//! client's lookup references, whether it is an orphan still referenced (freed at the last
+//! forget) or an O_TMPFILE that `link` may still name, its back link on the on-disk orphan
+//! list, and, for a regular file with cached data, its page-cache side (`InodeData`: i_rwsem,
+//! page map, i_size beside i_disksize, the writeback error fsync has not reported yet). Reading
+//! an inode overlays i_size from here; storing one writes i_disksize.
+//!
+//! An entry lives while any of that is held and goes when the last of it does. The table is one
+//! mutex, held only for a map operation; files with cached data are also indexed apart, so the
+//! flusher and the cache's eviction walk those only.
 
 use super::Ino;
-use crate::errno::Errno;
-use crate::pagecache::Mapping;
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub(crate) use crate::iomap::{InodeData, Sizes};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// What the inode's size is in memory and on disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Sizes {
-    /// i_size: what users see.
-    pub size: u64,
-    /// i_disksize: what the on-disk inode says (moves at I/O completion).
-    pub disksize: u64,
+/// One in-core inode.
+#[derive(Default)]
+struct InCore {
+    /// FUSE lookup references.
+    lookups: u64,
+    /// Unlinked while still in use: on the orphan list, freed when let go.
+    orphan: bool,
+    /// O_TMPFILE: unlinked, yet `link` may still give it a name.
+    linkable: bool,
+    /// The inode before it on the on-disk orphan list (the list is singly linked on disk).
+    orphan_prev: Option<Ino>,
+    /// A regular file's page-cache side, while it has one.
+    data: Option<Arc<InodeData>>,
 }
 
-/// The in-core state of one regular file with cached data.
-pub(crate) struct InodeData {
-    /// i_rwsem: write/truncate/fallocate hold it exclusively; read and writeback planning
-    /// share it (the writeback's device writes run without it, on blocks marked under
-    /// writeback in `pages`).
-    pub rw: RwLock<()>,
-    /// i_data_sem: the file's block map, inline data and on-disk inode. The data path's
-    /// metadata steps (which hold `ns` only for reading, so steps of different files run at
-    /// once) change them holding it exclusively; readers of the map hold it shared. Taken
-    /// after a journal handle is started, never around a handle start.
-    data_sem: RwLock<()>,
-    pub pages: Mutex<Mapping>,
-    /// Signalled (with `pages`) when blocks leave writeback.
-    wb_cv: Condvar,
-    pub sizes: Mutex<Sizes>,
-    /// A writeback error not yet reported by fsync (errseq-style: reported once).
-    wb_err: Mutex<Option<Errno>>,
-    /// Where the next sequential read would start (readahead).
-    pub ra_next: AtomicU64,
+impl InCore {
+    fn is_empty(&self) -> bool {
+        self.lookups == 0
+            && !self.orphan
+            && !self.linkable
+            && self.orphan_prev.is_none()
+            && self.data.is_none()
+    }
 }
 
-impl InodeData {
-    /// The in-core state of a file whose on-disk size is `size`.
-    pub fn new(size: u64) -> InodeData {
-        InodeData {
-            rw: RwLock::new(()),
-            data_sem: RwLock::new(()),
-            pages: Mutex::new(Mapping::default()),
-            wb_cv: Condvar::new(),
-            sizes: Mutex::new(Sizes {
-                size,
-                disksize: size,
-            }),
-            wb_err: Mutex::new(None),
-            ra_next: AtomicU64::new(u64::MAX),
+#[derive(Default)]
+struct Table {
+    map: HashMap<Ino, InCore>,
+    /// The inodes whose `data` is set.
+    with_data: HashSet<Ino>,
+}
+
+impl Table {
+    /// Run `f` on the entry of `ino` (made when missing); drop the entry when it holds nothing
+    /// afterwards.
+    fn update<R>(&mut self, ino: Ino, f: impl FnOnce(&mut InCore) -> R) -> R {
+        let e = self.map.entry(ino).or_default();
+        let r = f(e);
+        let (empty, has_data) = (e.is_empty(), e.data.is_some());
+        if empty {
+            self.map.remove(&ino);
         }
-    }
-
-    pub fn pages(&self) -> MutexGuard<'_, Mapping> {
-        self.pages.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn sizes(&self) -> MutexGuard<'_, Sizes> {
-        self.sizes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// i_data_sem shared: the block map does not change meanwhile.
-    pub fn data_read(&self) -> RwLockReadGuard<'_, ()> {
-        self.data_sem.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// i_data_sem exclusively: for a change of the block map or the on-disk inode.
-    pub fn data_write(&self) -> RwLockWriteGuard<'_, ()> {
-        self.data_sem.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn read_lock(&self) -> RwLockReadGuard<'_, ()> {
-        self.rw.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The rw lock exclusively, with none of the file's writes in flight: for truncate,
-    /// fallocate, freeing — what changes or frees blocks a write in flight may target, or drops
-    /// pages. (No writeback starts while it is held: planning one needs the lock.)
-    pub fn write_lock(&self) -> RwLockWriteGuard<'_, ()> {
-        let g = self.rw.write().unwrap_or_else(|e| e.into_inner());
-        self.wait_writeback(0, u64::MAX);
-        g
-    }
-
-    /// The rw lock exclusively for a buffered write: writeback of the file goes on meanwhile;
-    /// the writer waits only for the pages it changes ([`InodeData::wait_page_writeback`]).
-    pub fn write_lock_for_write(&self) -> RwLockWriteGuard<'_, ()> {
-        self.rw.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Wait until no page of `[from, to)` is under writeback.
-    pub fn wait_writeback(&self, from: u64, to: u64) {
-        let mut m = self.pages();
-        while m.writeback_in(from, to) {
-            m = self.wb_cv.wait(m).unwrap_or_else(|e| e.into_inner());
+        if has_data {
+            self.with_data.insert(ino);
+        } else {
+            self.with_data.remove(&ino);
         }
+        r
     }
 
-    /// Page `idx` locked, once no block of it is under writeback (a writer changes it next).
-    pub fn wait_page_writeback(&self, idx: u64) -> MutexGuard<'_, Mapping> {
-        let mut m = self.pages();
-        while m.state(idx).writeback != 0 {
-            m = self.wb_cv.wait(m).unwrap_or_else(|e| e.into_inner());
-        }
-        m
-    }
-
-    /// Blocks left writeback: wake whoever waits for them.
-    pub fn writeback_done(&self) {
-        self.wb_cv.notify_all();
-    }
-
-    pub fn set_error(&self, e: Errno) {
-        *self.wb_err.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-    }
-
-    /// The writeback error since the last call, if any (reported once, as fsync does).
-    pub fn take_error(&self) -> Option<Errno> {
-        self.wb_err.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn data(&self, ino: Ino) -> Option<&Arc<InodeData>> {
+        self.map.get(&ino).and_then(|e| e.data.as_ref())
     }
 }
 
 /// Every in-core inode, by number.
 #[derive(Default)]
 pub(crate) struct InodeTable {
-    table: Mutex<HashMap<Ino, Arc<InodeData>>>,
+    table: Mutex<Table>,
 }
 
 impl InodeTable {
-    fn table(&self) -> MutexGuard<'_, HashMap<Ino, Arc<InodeData>>> {
+    fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The page-cache side of `ino`, when it has one.
     pub fn get(&self, ino: Ino) -> Option<Arc<InodeData>> {
-        self.table().get(&ino).cloned()
+        self.table().data(ino).cloned()
     }
 
-    /// The entry of `ino`, made by `make` when there is none.
+    /// The page-cache side of `ino`, made by `make` when there is none.
     pub fn get_or_insert_with(&self, ino: Ino, make: impl FnOnce() -> InodeData) -> Arc<InodeData> {
-        self.table()
-            .entry(ino)
-            .or_insert_with(|| Arc::new(make()))
-            .clone()
+        self.table().update(ino, |e| {
+            e.data.get_or_insert_with(|| Arc::new(make())).clone()
+        })
     }
 
-    /// Take `ino` out of the table (it is being freed).
+    /// Take the page-cache side of `ino` out of the table (the inode is being freed).
     pub fn remove(&self, ino: Ino) -> Option<Arc<InodeData>> {
-        self.table().remove(&ino)
+        self.table().update(ino, |e| e.data.take())
     }
 
-    /// Every file with in-core data state.
+    /// Every file with a page-cache side.
     pub fn all(&self) -> Vec<(Ino, Arc<InodeData>)> {
-        self.table().iter().map(|(i, d)| (*i, d.clone())).collect()
+        let t = self.table();
+        t.with_data
+            .iter()
+            .filter_map(|&i| t.data(i).map(|d| (i, d.clone())))
+            .collect()
     }
 
-    /// Is `d` still the table's entry for `ino` (it was not freed meanwhile)?
+    /// Is `d` still the page-cache side of `ino` (it was not freed meanwhile)?
     pub fn is_current(&self, ino: Ino, d: &Arc<InodeData>) -> bool {
-        self.table().get(&ino).is_some_and(|x| Arc::ptr_eq(x, d))
+        self.table().data(ino).is_some_and(|x| Arc::ptr_eq(x, d))
     }
 
-    /// Drop `d`, the entry of `ino`, when nobody but the table and the caller hold it and
-    /// `idle()` says it has nothing pending (checked under the table lock).
+    /// Drop `d`, the page-cache side of `ino`, when nobody but the table and the caller hold it
+    /// and `idle()` says it has nothing pending (checked under the table lock).
     pub fn remove_if_idle(&self, ino: Ino, d: &Arc<InodeData>, idle: impl FnOnce() -> bool) {
         let mut t = self.table();
-        if t.get(&ino).is_some_and(|x| Arc::ptr_eq(x, d)) && Arc::strong_count(d) == 2 && idle() {
-            t.remove(&ino);
+        if t.data(ino).is_some_and(|x| Arc::ptr_eq(x, d)) && Arc::strong_count(d) == 2 && idle() {
+            t.update(ino, |e| e.data = None);
         }
     }
 
@@ -180,5 +128,151 @@ impl InodeTable {
     /// The size the on-disk inode must carry (store_inode writes i_disksize).
     pub fn disksize(&self, ino: Ino) -> Option<u64> {
         self.get(ino).map(|d| d.sizes().disksize)
+    }
+
+    /// One more lookup reference of the client on `ino`.
+    pub fn add_lookup(&self, ino: Ino) {
+        self.table().update(ino, |e| e.lookups += 1);
+    }
+
+    /// Drop `n` lookup references; true when that let go of the last one.
+    pub fn forget(&self, ino: Ino, n: u64) -> bool {
+        let mut t = self.table();
+        if !t.map.contains_key(&ino) {
+            return false;
+        }
+        t.update(ino, |e| {
+            let had = e.lookups > 0;
+            e.lookups = e.lookups.saturating_sub(n);
+            had && e.lookups == 0
+        })
+    }
+
+    /// Drop every lookup reference (the client is gone); the inodes that had any.
+    pub fn forget_all(&self) -> Vec<Ino> {
+        let mut t = self.table();
+        let held: Vec<Ino> = t
+            .map
+            .iter()
+            .filter(|(_, e)| e.lookups > 0)
+            .map(|(i, _)| *i)
+            .collect();
+        for &ino in &held {
+            t.update(ino, |e| e.lookups = 0);
+        }
+        held
+    }
+
+    /// The client's lookup references on `ino`.
+    pub fn lookup_count(&self, ino: Ino) -> u64 {
+        self.table().map.get(&ino).map_or(0, |e| e.lookups)
+    }
+
+    /// Mark `ino` an orphan in use (or no longer); returns whether it was one.
+    pub fn set_orphan(&self, ino: Ino, on: bool) -> bool {
+        let mut t = self.table();
+        if !on && !t.map.contains_key(&ino) {
+            return false;
+        }
+        t.update(ino, |e| std::mem::replace(&mut e.orphan, on))
+    }
+
+    /// Is `ino` an orphan still in use?
+    pub fn is_orphan(&self, ino: Ino) -> bool {
+        self.table().map.get(&ino).is_some_and(|e| e.orphan)
+    }
+
+    /// Every orphan in use, unmarked (unmount frees them).
+    pub fn take_orphans(&self) -> Vec<Ino> {
+        let mut t = self.table();
+        let all: Vec<Ino> = t
+            .map
+            .iter()
+            .filter(|(_, e)| e.orphan)
+            .map(|(i, _)| *i)
+            .collect();
+        for &ino in &all {
+            t.update(ino, |e| e.orphan = false);
+        }
+        all
+    }
+
+    /// Mark `ino` an unnamed O_TMPFILE (or no longer); returns whether it was one.
+    pub fn set_linkable(&self, ino: Ino, on: bool) -> bool {
+        let mut t = self.table();
+        if !on && !t.map.contains_key(&ino) {
+            return false;
+        }
+        t.update(ino, |e| std::mem::replace(&mut e.linkable, on))
+    }
+
+    /// Is `ino` an unnamed O_TMPFILE?
+    pub fn is_linkable(&self, ino: Ino) -> bool {
+        self.table().map.get(&ino).is_some_and(|e| e.linkable)
+    }
+
+    /// `prev` is the inode before `ino` on the on-disk orphan list.
+    pub fn set_orphan_prev(&self, ino: Ino, prev: Ino) {
+        self.table().update(ino, |e| e.orphan_prev = Some(prev));
+    }
+
+    /// `ino` leaves the orphan list, `next` following it: `next`'s back link becomes `ino`'s.
+    /// Returns `ino`'s predecessor, when known.
+    pub fn unlink_orphan_prev(&self, ino: Ino, next: Ino) -> Option<Ino> {
+        let mut t = self.table();
+        let prev = if t.map.contains_key(&ino) {
+            t.update(ino, |e| e.orphan_prev.take())
+        } else {
+            None
+        };
+        if next != 0 && (prev.is_some() || t.map.contains_key(&next)) {
+            t.update(next, |e| e.orphan_prev = prev);
+        }
+        prev
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_lives_while_anything_is_held() {
+        let t = InodeTable::default();
+        t.add_lookup(5);
+        t.add_lookup(5);
+        assert!(!t.set_orphan(5, true));
+        assert!(!t.forget(5, 1));
+        assert!(t.forget(5, 1), "the last reference");
+        assert!(!t.forget(5, 1), "none left");
+        assert_eq!(t.lookup_count(5), 0);
+        assert_eq!(t.take_orphans(), vec![5]);
+        assert!(t.table().map.is_empty());
+        let d = t.get_or_insert_with(7, || InodeData::new(10));
+        assert_eq!(t.all().len(), 1);
+        assert_eq!(t.size(7), Some(10));
+        t.add_lookup(7);
+        t.remove_if_idle(7, &d, || true);
+        assert!(t.get(7).is_none() && t.all().is_empty());
+        assert_eq!(t.lookup_count(7), 1, "the lookup outlives the data");
+        t.forget(7, 1);
+        assert!(t.table().map.is_empty());
+    }
+
+    #[test]
+    fn orphan_back_links_follow_the_list() {
+        let t = InodeTable::default();
+        // List: 3 -> 2 -> 1 (head 3): back links 2<-3, 1<-2.
+        t.set_orphan_prev(2, 3);
+        t.set_orphan_prev(1, 2);
+        assert_eq!(t.unlink_orphan_prev(2, 1), Some(3));
+        assert_eq!(t.unlink_orphan_prev(1, 0), Some(3));
+        assert_eq!(t.unlink_orphan_prev(3, 0), None);
+        assert!(t.table().map.is_empty());
+        assert!(!t.set_linkable(9, false));
+        assert!(!t.set_linkable(9, true));
+        assert!(t.is_linkable(9));
+        assert!(t.set_linkable(9, false));
+        assert!(t.table().map.is_empty());
     }
 }

@@ -78,6 +78,10 @@ pub struct Volume {
     /// `inode::truncate_steps`), so a test can make a small file take several steps.
     #[cfg(test)]
     pub(crate) step_credits: std::sync::atomic::AtomicUsize,
+    /// Tests: commit the journal right after every writeback allocation, before the data
+    /// write (the widest window a commit thread could hit).
+    #[cfg(test)]
+    pub(crate) commit_after_alloc: AtomicBool,
 }
 
 impl Volume {
@@ -111,6 +115,8 @@ impl Volume {
             commit_kick: Default::default(),
             #[cfg(test)]
             step_credits: Default::default(),
+            #[cfg(test)]
+            commit_after_alloc: AtomicBool::new(false),
             sb,
         }
     }

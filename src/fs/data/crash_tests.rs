@@ -305,8 +305,7 @@ fn crash_data_with(
         );
         // Transactions close at any point of a writeback: right after each allocation, before
         // its data write (the hook), and whenever a committer beside the workload runs.
-        fs.data
-            .commit_after_alloc
+        fs.commit_after_alloc
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let committer = {

@@ -7,7 +7,6 @@
 use super::super::testutil::e2fsck_clean;
 use super::super::*;
 use super::tests::mkfs;
-use crate::inode::bmap::Target;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -33,7 +32,7 @@ fn blocks_of(fs: &Fs, ino: Ino, nblocks: u64) -> HashSet<u64> {
     let mut l = 0;
     while l < nblocks {
         let m = fs.map_block(ino, &i, l).unwrap();
-        if let Target::Data { pblk, .. } = m.target {
+        if let Some(pblk) = m.status.pblk() {
             out.extend((0..m.len.min(nblocks - l)).map(|k| pblk + k));
         }
         l += m.len.max(1);

@@ -13,7 +13,7 @@ use crate::extent::ExtentTree;
 use crate::fs::Fs;
 use crate::fs::types::Ino;
 use crate::inode::blocks::{NodeIo, now};
-use crate::inode::bmap::Target;
+use crate::iomap::Status;
 use crate::ondisk::inode::flags;
 use crate::pagecache::PAGE_SIZE;
 
@@ -35,6 +35,8 @@ impl Fs {
         new_size: u64,
     ) -> Result<()> {
         let old = d.sizes().size;
+        // Pages of writable window mappings that come inside EOF get their reservations.
+        self.dax_grow(ino, d, old, new_size)?;
         if new_size < old && self.block_size as usize <= PAGE_SIZE {
             let bs = self.block_size as u64;
             self.zero_partial(ino, d, new_size, bs - new_size % bs)?;
@@ -104,54 +106,10 @@ impl Fs {
     /// truncate or punch): in the cache, reading the block in first when it has data on disk,
     /// then write it back now unless it has no block yet (delayed blocks stay dirty).
     fn zero_partial(&self, ino: Ino, d: &InodeData, pos: u64, len: u64) -> Result<()> {
-        let bs = self.block_size as u64;
-        if len == 0 || len >= bs || pos % bs + len > bs {
-            return Ok(());
-        }
-        let lblk = pos / bs;
-        let bpp = PAGE_SIZE as u64 / bs;
-        let idx = lblk / bpp;
-        let b = lblk % bpp;
-        let target = {
-            let _g = self.map_read(d);
-            let inode = self.read_inode(ino)?;
-            self.map_block(ino, &inode, lblk)?.target
-        };
-        let cached = d.pages().state(idx).uptodate & (1 << b) != 0;
-        if !cached
-            && !matches!(
-                target,
-                Target::Data {
-                    unwritten: false,
-                    ..
-                }
-            )
-        {
-            // Nothing on disk and nothing cached: the block reads as zeros already.
-            return Ok(());
-        }
-        let (slab, p) = {
-            let mut m = d.pages();
-            match m.get_or_create(&self.data.pc, idx) {
-                Ok(x) => x,
-                Err(_) => {
-                    drop(m);
-                    self.shrink_cache(None);
-                    d.pages()
-                        .get_or_create(&self.data.pc, idx)
-                        .map_err(|_| Errno::ENOMEM)?
-                }
-            }
-        };
-        if !cached {
-            self.fill_block(ino, d, lblk, slab, p, (b * bs) as usize)?;
-        }
-        self.data
-            .pc
-            .arena
-            .zero(slab, p, (b * bs + pos % bs) as usize, len as usize);
-        d.pages().set_dirty(&self.data.pc, idx, 1 << b);
-        if target != Target::Hole {
+        let room = |own: bool, attempt: u32| self.make_room(ino, d, own, attempt);
+        let ops = self.iomap_ops(ino, d, &room);
+        if self.file_io(ino, d).zero_partial(&ops, pos, len)? {
+            let idx = pos / PAGE_SIZE as u64;
             self.writeback_inode(ino, d, idx, idx + 1)?;
         }
         Ok(())
@@ -230,6 +188,8 @@ impl Fs {
         }
         let mut grew = false;
         if mode & FALLOC_FL_KEEP_SIZE == 0 {
+            let old = d.sizes().size;
+            self.dax_grow(ino, &d, old, offset + len)?;
             // The range now has blocks (unwritten or written): the on-disk size may cover it
             // (the kernel's ext4_update_inode_size with new_size = offset + len).
             let mut s = d.sizes();
@@ -402,7 +362,7 @@ impl Fs {
                 self.map_block(ino, &inode, l)?
             };
             let run_end = end.min(m.lblk.saturating_add(m.len)).max(l + 1);
-            if m.target == Target::Hole {
+            if m.status == Status::Hole {
                 let (_, got) = self.alloc_unwritten(ino, d, l, run_end - l)?;
                 l += got.min(run_end - l).max(1);
             } else {
@@ -421,6 +381,8 @@ impl Fs {
         }
         self.disksize_before_punch(d, offset, len);
         let end = (offset + len).min(size);
+        // No window shows the pages while they are cut and their blocks freed.
+        let _cut = self.dax_cut(ino, d, offset, end);
         let bs = self.block_size as u64;
         let first_full = offset.div_ceil(bs);
         let end_full = end / bs;

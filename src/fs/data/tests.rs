@@ -252,6 +252,29 @@ fn random_ops(fs: &Fs, seed: u64, ops: usize, nfiles: usize, extents: bool) -> V
             91..=93 => {
                 let a = fs.getattr(ino).unwrap();
                 assert_eq!(a.size, size, "{ctxs}: getattr size");
+                // SEEK_DATA / SEEK_HOLE see the cache (nothing is written back for them): no
+                // byte before the data found, or before the end when none is, may be non-zero;
+                // a hole found lies within the file.
+                let o = rng.below(size + 1);
+                let zeros_to = |e: u64| model[o as usize..e as usize].iter().all(|&b| b == 0);
+                match fs.lseek(ino, o, crate::fs::types::SEEK_DATA) {
+                    Ok(p) => assert!(
+                        p >= o && p < size && zeros_to(p),
+                        "{ctxs}: SEEK_DATA from {o} gave {p} past data"
+                    ),
+                    Err(Errno::ENXIO) => assert!(
+                        o >= size || zeros_to(size),
+                        "{ctxs}: SEEK_DATA from {o} found no data"
+                    ),
+                    Err(e) => panic!("{ctxs}: SEEK_DATA from {o}: {e}"),
+                }
+                match fs.lseek(ino, o, crate::fs::types::SEEK_HOLE) {
+                    Ok(h) => assert!(h >= o && h <= size, "{ctxs}: SEEK_HOLE from {o} gave {h}"),
+                    Err(e) => assert!(
+                        e == Errno::ENXIO && o >= size,
+                        "{ctxs}: SEEK_HOLE from {o}: {e}"
+                    ),
+                }
             }
             _ => {
                 // Whole-file check.
@@ -1111,4 +1134,43 @@ fn check_image_file(img: &Path, name: &str, model: &[u8]) {
     let got = std::fs::read(mnt.join(name)).unwrap();
     kernel_umount(&mnt);
     assert!(got == model, "the kernel reads {name} differently");
+}
+
+/// SEEK_DATA / SEEK_HOLE find data that is only in the cache (delayed, and over unwritten
+/// extents) without writing anything back, and unwritten extents with nothing cached are holes.
+#[test]
+fn seek_sees_cached_data_without_writeback() {
+    use crate::fs::types::{SEEK_DATA, SEEK_HOLE};
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("img");
+    mkfs(&img, &["-t", "ext4", "-b", "4096"], "32M");
+    let fs = mount(&img, 8 << 20);
+    let ino = fs
+        .mknod(ROOT_INO, b"sparse", 0o100644, 0, &ctx())
+        .unwrap()
+        .ino;
+    // Unwritten blocks 0..16, new data at block 4 (over them) and block 40 (delayed).
+    fs.fallocate(ino, 0, 16 * 4096, 0).unwrap();
+    fs.write(ino, 4 * 4096 + 100, b"data", 0).unwrap();
+    fs.write(ino, 40 * 4096, &[1u8; 4096], 0).unwrap();
+    let size = 41 * 4096;
+    let dirty = || fs.data_if_cached(ino).unwrap().pages().dirty_pages();
+    let before = dirty();
+    assert_eq!(before, 2);
+    assert_eq!(fs.lseek(ino, 0, SEEK_DATA), Ok(4 * 4096));
+    assert_eq!(fs.lseek(ino, 0, SEEK_HOLE), Ok(0));
+    assert_eq!(fs.lseek(ino, 4 * 4096, SEEK_HOLE), Ok(5 * 4096));
+    assert_eq!(fs.lseek(ino, 5 * 4096, SEEK_DATA), Ok(40 * 4096));
+    assert_eq!(fs.lseek(ino, 40 * 4096 + 1, SEEK_HOLE), Ok(size));
+    assert_eq!(fs.lseek(ino, size, SEEK_DATA), Err(Errno::ENXIO));
+    assert_eq!(dirty(), before, "nothing was written back for the seeks");
+    // Written back, the same answers (block 4 written, 40 written).
+    fs.fsync(ino, false).unwrap();
+    assert_eq!(dirty(), 0);
+    assert_eq!(fs.lseek(ino, 0, SEEK_DATA), Ok(4 * 4096));
+    assert_eq!(fs.lseek(ino, 5 * 4096, SEEK_DATA), Ok(40 * 4096));
+    assert_eq!(fs.lseek(ino, 4 * 4096, SEEK_HOLE), Ok(5 * 4096));
+    fs.shutdown().unwrap();
+    drop(fs);
+    e2fsck_clean(&img);
 }

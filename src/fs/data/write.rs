@@ -1,54 +1,20 @@
-//! Buffered write (iomap's write_begin / write_end in our terms): reserve the new blocks as
-//! delayed, fill partial blocks (read or zero), copy the payload into the page cache once, mark
-//! the blocks dirty, move i_size. A short or failed copy releases the reservations it did not
-//! use, so no delayed block is ever left without a dirty page over it.
+//! WRITE: the generic buffered write (`iomap::write`) with ext4's ops (`inode::iomap_ops`:
+//! delalloc reservation or unwritten allocation), inline-data files written in place while they
+//! fit, mtime/ctime and the suid/sgid drop; and the mount's page-cache room policy the loops
+//! call when no slab is free.
 //!
 //! Lock order: see `data/mod.rs`. `write` holds the file's rw lock exclusively throughout; the
 //! namespace lock is taken shared to look at the block map, exclusively for the inode update.
 
 use super::InodeData;
 use crate::errno::{Errno, Result};
-use crate::extent::Status;
 use crate::fs::Fs;
 use crate::fs::types::Ino;
 use crate::inode::blocks::now;
-use crate::inode::bmap::Target;
+use crate::inode::iomap_ops::{Ext4Iomap, Ext4Write};
+pub use crate::iomap::WriteSource;
 use crate::ondisk::inode::{I_BLOCK_LEN, Inode, flags};
-use crate::pagecache::{NoSlab, PAGE_SIZE, PageIndex, SLAB_PAGES, SlabId};
-
-/// The payload of a write: [`WriteSource::len`] bytes, copied out front to back, each byte once,
-/// straight into the page cache. A guest's descriptor memory or a slice of a request buffer.
-pub trait WriteSource {
-    /// The bytes the source holds.
-    fn len(&self) -> usize;
-    /// True when the source holds nothing.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Copy the next `dst.len()` bytes into `dst`. The caller never asks for more than
-    /// [`WriteSource::len`] in total, and every implementation holds that many bytes, so this
-    /// cannot fail; an implementation that somehow comes up short fills the rest with zeros and
-    /// says so in [`WriteSource::failed`] (the transport then answers the write with an error).
-    fn copy_to(&mut self, dst: &mut [u8]);
-    /// True when a copy came up short (see [`WriteSource::copy_to`]).
-    fn failed(&self) -> bool {
-        false
-    }
-}
-
-impl WriteSource for &[u8] {
-    fn len(&self) -> usize {
-        <[u8]>::len(self)
-    }
-
-    fn copy_to(&mut self, dst: &mut [u8]) {
-        let n = dst.len().min(<[u8]>::len(self));
-        let (head, rest) = self.split_at(n);
-        dst[..n].copy_from_slice(head);
-        dst[n..].fill(0);
-        *self = rest;
-    }
-}
+use crate::pagecache::{NoSlab, PAGE_SIZE};
 
 /// FUSE_WRITE_KILL_SUIDGID: the writer is not privileged; drop suid/sgid as the kernel does.
 pub const KILL_SUIDGID: u32 = 1;
@@ -136,52 +102,22 @@ impl Fs {
         } else {
             inode
         };
-        let bs = self.block_size as u64;
-        let first = offset / bs;
-        let end_blk = (offset + len).div_ceil(bs);
-        let mut holes = self.unreserved_holes(ino, d, &inode, first, end_blk)?;
-        let need: u64 = holes.iter().map(|(_, l)| l).sum();
-        if need > 0 && inode.has_flag(flags::EXTENTS) && self.nearly_full() {
-            // Little room left: allocate unwritten blocks now (ext4's nonda switch), so the
-            // space is taken for certain and ENOSPC comes from here; writeback converts them.
-            for &(s, l) in &holes {
-                let mut at = s;
-                while at < s + l {
-                    let (_, got) = self.alloc_unwritten(ino, d, at, s + l - at)?;
-                    at += got.max(1);
-                }
-            }
-            holes.clear();
-        } else {
-            self.reserve_blocks(ino, d, need)?;
-        }
-        for &(s, l) in &holes {
-            self.es.insert(ino, s, l, Status::Delayed);
-        }
+        // Pages of writable window mappings that come inside EOF get their reservations.
+        let old_size = d.sizes().size;
+        self.dax_grow(ino, d, old_size, offset + len)?;
         self.dax_redirty_range(d, offset, offset + len);
-        let (done, err) = self.copy_into_pages(ino, d, offset, len as usize, src);
-        if (done as u64) < len {
-            // Release the delayed blocks no byte of this write reached.
-            // (A writeback may have allocated some of them meanwhile, giving their
-            // reservation back: only what is still delayed is released.)
-            let keep_to = (offset + done as u64).div_ceil(bs);
-            let mut unused = 0;
-            for &(s, l) in &holes {
-                let from = s.max(keep_to);
-                if from < s + l {
-                    unused += self.delayed_in(ino, from, s + l - from);
-                    self.es.remove(ino, from, s + l - from);
-                }
-            }
-            self.alloc.release(unused);
-        }
-        if done == 0 {
-            return Err(err.unwrap_or(Errno::EIO));
-        }
-        {
-            let mut s = d.sizes();
-            s.size = s.size.max(offset + done as u64);
-        }
+        let room = |own: bool, attempt: u32| self.make_room(ino, d, own, attempt);
+        let flush = || self.flush_for_space(ino, d);
+        let map = Ext4Iomap {
+            vol: self,
+            ino,
+            d,
+            room: &room,
+        };
+        let mut ops = Ext4Write::new(map, &inode, &flush);
+        let done = self
+            .file_io(ino, d)
+            .buffered_write(&mut ops, offset, len, src)?;
         self.file_modified(ino, d, flags_ & KILL_SUIDGID != 0)?;
         Ok(done as u32)
     }
@@ -262,225 +198,71 @@ impl Fs {
         self.store_inode(ino, &i)
     }
 
-    /// Blocks in `[first, end)` that are holes on disk and not delayed yet: the write must
-    /// reserve them.
-    pub(super) fn unreserved_holes(
-        &self,
-        ino: Ino,
-        d: &InodeData,
-        inode: &Inode,
-        first: u64,
-        end: u64,
-    ) -> Result<Vec<(u64, u64)>> {
-        let _g = self.map_read(d);
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        let mut push = |s: u64, l: u64| {
-            if l == 0 {
-                return;
-            }
-            match out.last_mut() {
-                Some((ps, pl)) if *ps + *pl == s => *pl += l,
-                _ => out.push((s, l)),
-            }
-        };
-        let mut l = first;
-        while l < end {
-            let m = self.map_block(ino, inode, l)?;
-            let run_end = end.min(m.lblk.saturating_add(m.len)).max(l + 1);
-            if m.target == Target::Hole {
-                let mut pos = l;
-                for (s, len, st) in self.es.ranges(ino, l, run_end - l) {
-                    if st.is_delayed() {
-                        push(pos, s.saturating_sub(pos));
-                        pos = s + len;
-                    }
-                }
-                push(pos, run_end.saturating_sub(pos));
-            }
-            l = run_end;
-        }
-        Ok(out)
+    /// Reserve `n` blocks for delayed allocation of `ino` (see `Volume::reserve_delalloc`):
+    /// when they do not fit, write back and commit first.
+    pub(super) fn reserve_blocks(&self, ino: Ino, d: &InodeData, n: u64) -> Result<()> {
+        self.reserve_delalloc(n, &|| self.flush_for_space(ino, d))
     }
 
-    /// Reserve `n` blocks for delayed allocation. When they do not fit: write back and commit
-    /// (the kernel's retry after a forced commit), then try once more; ENOSPC is answered here,
-    /// by write(), never later at writeback.
-    pub(super) fn reserve_blocks(&self, ino: Ino, d: &InodeData, n: u64) -> Result<()> {
-        let pool = self.metadata_pool();
-        if self.alloc.reserve(n, pool) {
-            return Ok(());
-        }
+    /// Free what a reservation waits for: write back this file and the others (delayed blocks
+    /// hold reservations, and their metadata worst cases), then commit (freed blocks are busy
+    /// until their transaction commits). The caller holds `d.rw`.
+    fn flush_for_space(&self, ino: Ino, d: &InodeData) -> Result<()> {
         self.writeback_inode(ino, d, 0, u64::MAX)?;
         let _ = self.writeback_others(ino);
         let _ = self.sync();
-        if self.alloc.reserve(n, pool) {
-            return Ok(());
-        }
-        Err(Errno::ENOSPC)
+        Ok(())
     }
 
-    /// True when free space is short enough that new writes should allocate at once rather
-    /// than reserve (the kernel's ext4_nonda_switch: free below twice the reserved blocks, or
-    /// below a watermark).
-    fn nearly_full(&self) -> bool {
-        let free = self.alloc.unreserved_free();
-        let reserved = self.alloc.reserved();
-        free < 2 * reserved || free < self.metadata_pool() + 1024
-    }
-
-    /// Blocks kept free beside the delalloc reservations for the metadata writeback allocates
-    /// (2% of the file system, at most 4096 blocks; the kernel's s_resv_clusters).
-    pub(in crate::fs) fn metadata_pool(&self) -> u64 {
-        self.alloc.metadata_pool()
-    }
-
-    /// Copy `len` bytes of `src` into the page cache at `offset`, filling partial blocks
-    /// first. Returns the bytes copied and, when short, why. The caller holds the file's rw lock
-    /// exclusively.
-    fn copy_into_pages(
+    /// The mount's answer when a file's loop finds no free slab (see `IomapOps::make_room`):
+    /// evict clean pages — the file's own too when its caller holds it exclusively — and, on
+    /// a second attempt, write back this file's dirty pages and other files' first.
+    pub(in crate::fs) fn make_room(
         &self,
         ino: Ino,
         d: &InodeData,
-        offset: u64,
-        len: usize,
-        src: &mut dyn WriteSource,
-    ) -> (usize, Option<Errno>) {
-        let pc = &self.data.pc;
-        let bs = self.block_size as usize;
-        self.prefault(d, offset, len);
-        let mut done = 0usize;
-        while done < len {
-            let pos = offset + done as u64;
-            let idx: PageIndex = pos / PAGE_SIZE as u64;
-            let poff = (pos % PAGE_SIZE as u64) as usize;
-            let n = (PAGE_SIZE - poff).min(len - done);
-            let (slab, p) = match self.page_for_write(ino, d, idx) {
-                Ok(x) => x,
-                Err(e) => return (done, Some(e)),
-            };
-            let b0 = poff / bs;
-            let b1 = (poff + n - 1) / bs;
-            // A page being written to the disk is left alone until that write completed.
-            let state = d.wait_page_writeback(idx).state(idx);
-            // A block the write covers only partly must hold the file's data around it.
-            for b in [b0, b1] {
-                let partial = (b == b0 && !poff.is_multiple_of(bs))
-                    || (b == b1 && !(poff + n).is_multiple_of(bs));
-                if partial && state.uptodate & (1 << b) == 0 {
-                    let lblk = (idx * PAGE_SIZE as u64) / bs as u64 + b as u64;
-                    if let Err(e) = self.fill_block(ino, d, lblk, slab, p, b * bs) {
-                        return (done, Some(e));
-                    }
-                    d.pages().set_uptodate(idx, 1 << b);
-                }
-            }
-            // SAFETY: the caller holds the file's rw lock exclusively, and every reader, writer,
-            // writeback and eviction of this page takes it, so nothing else touches these bytes
-            // while the slice lives (to the end of this statement).
-            src.copy_to(unsafe { pc.arena.bytes_mut(slab, p, poff, n) });
-            let mask = (((1u16 << (b1 + 1)) - 1) & !((1u16 << b0) - 1)) as u8;
-            d.pages().set_dirty(pc, idx, mask);
-            done += n;
+        own: bool,
+        attempt: u32,
+    ) -> Result<()> {
+        if !own {
+            self.shrink_cache(None);
+            return Ok(());
         }
-        (done, None)
-    }
-
-    /// A large write into pages not yet in the cache: give them memory in one call per chunk
-    /// rather than one page fault each.
-    fn prefault(&self, d: &InodeData, offset: u64, len: usize) {
-        const MIN_PAGES: u64 = 16;
-        let first = offset.div_ceil(PAGE_SIZE as u64);
-        let end = (offset + len as u64) / PAGE_SIZE as u64;
-        let mut a = first;
-        while a + MIN_PAGES <= end {
-            let chunk_end = (a / SLAB_PAGES as u64 + 1) * SLAB_PAGES as u64;
-            let b = end.min(chunk_end);
-            let mut m = d.pages();
-            let fresh = (a..b).filter(|&i| !m.state(i).resident).count() as u64;
-            if fresh >= MIN_PAGES
-                && let Ok((slab, p)) = m.get_or_create(&self.data.pc, a)
-            {
-                drop(m);
-                self.data.pc.arena.populate(slab, p, (b - a) as usize);
-            }
-            a = b;
+        if attempt == 1 {
+            // Every slab holds dirty pages: write them back, then evict.
+            self.writeback_inode(ino, d, 0, u64::MAX)?;
+            self.writeback_others(ino)?;
         }
+        self.shrink_cache(Some((d, &mut d.pages())));
+        Ok(())
     }
 
-    /// The page `idx` of the file, resident, for a write (see [`Fs::with_slab_room`]).
-    fn page_for_write(&self, ino: Ino, d: &InodeData, idx: PageIndex) -> Result<(SlabId, usize)> {
-        self.with_slab_room(
-            ino,
-            d,
-            "the page cache has no room left (every page is dirty or in use)",
-            |m| m.get_or_create(&self.data.pc, idx),
-        )
-    }
-
-    /// Run `take` (which needs a slab) on the file's mapping; when no slab is free, evict clean
-    /// pages (ours too) and, failing that, write back our dirty pages and other files' first.
+    /// Run `take` (which needs a slab) on the file's page map, making room as
+    /// [`Fs::make_room`] does when no slab is free. The caller holds `d.rw` exclusively.
     pub(super) fn with_slab_room<T>(
         &self,
         ino: Ino,
         d: &InodeData,
         why: &str,
-        mut take: impl FnMut(&mut crate::pagecache::Mapping) -> std::result::Result<T, NoSlab>,
+        take: impl FnMut(&mut crate::pagecache::Mapping) -> std::result::Result<T, NoSlab>,
     ) -> Result<T> {
-        for attempt in 0..3 {
-            let mut m = d.pages();
-            match take(&mut m) {
-                Ok(x) => return Ok(x),
-                Err(NoSlab) => {
-                    if attempt == 1 {
-                        // Every slab holds dirty pages: write them back, then evict.
-                        drop(m);
-                        self.writeback_inode(ino, d, 0, u64::MAX)?;
-                        self.writeback_others(ino)?;
-                        m = d.pages();
-                    }
-                    self.shrink_cache(Some((d, &mut m)));
-                }
-            }
-        }
-        log::error!("inode {ino}: {why}");
-        Err(Errno::ENOMEM)
+        let room = |own: bool, attempt: u32| self.make_room(ino, d, own, attempt);
+        let ops = self.iomap_ops(ino, d, &room);
+        self.file_io(ino, d).with_room(&ops, why, take)
     }
 
-    /// Bring block `lblk` into its page at byte `boff`: the disk's data for a written block,
-    /// zeros otherwise (holes, unwritten and delayed blocks not in the cache). The caller holds
-    /// the file's rw lock.
-    pub(super) fn fill_block(
-        &self,
+    /// ext4's block mapping of `ino` for the generic loops, with `room` as the reclaim policy.
+    pub(in crate::fs) fn iomap_ops<'a>(
+        &'a self,
         ino: Ino,
-        d: &InodeData,
-        lblk: u64,
-        slab: SlabId,
-        p: usize,
-        boff: usize,
-    ) -> Result<()> {
-        let bs = self.block_size as usize;
-        let target = {
-            let _g = self.map_read(d);
-            let inode = self.read_inode(ino)?;
-            self.map_block(ino, &inode, lblk)?.target
-        };
-        match target {
-            Target::Data {
-                pblk,
-                unwritten: false,
-            } => {
-                // SAFETY: the caller holds the file's rw lock, which every writer of this page
-                // takes exclusively; the slice does not outlive this call.
-                let block = unsafe { self.data.pc.arena.bytes_mut(slab, p, boff, bs) };
-                self.dev.read_at(block, pblk * bs as u64).map_err(|e| {
-                    log::error!("inode {ino}: I/O error reading block {pblk}: {e}");
-                    Errno::EIO
-                })
-            }
-            _ => {
-                self.data.pc.arena.zero(slab, p, boff, bs);
-                Ok(())
-            }
+        d: &'a InodeData,
+        room: &'a dyn Fn(bool, u32) -> Result<()>,
+    ) -> Ext4Iomap<'a> {
+        Ext4Iomap {
+            vol: self,
+            ino,
+            d,
+            room,
         }
     }
 
