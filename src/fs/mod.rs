@@ -81,6 +81,8 @@ mod fstests_fixes_tests;
 #[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
+mod handle_tests;
+#[cfg(test)]
 mod inline_tests;
 #[cfg(test)]
 mod slab_reuse_tests;
