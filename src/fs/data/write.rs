@@ -94,12 +94,11 @@ impl Fs {
         // Inline while the data fits the inode: files that are inline, and new files whose
         // first writes may make them so. Otherwise the data goes to blocks, for good.
         let inline = inode.has_flag(flags::INLINE_DATA);
-        if inline || self.may_start_inline(ino, d, &inode) {
-            if let Some(n) =
+        if (inline || self.may_start_inline(ino, d, &inode))
+            && let Some(n) =
                 self.inline_write(ino, d, offset, len, src, flags_ & KILL_SUIDGID != 0)?
-            {
-                return Ok(n);
-            }
+        {
+            return Ok(n);
         }
         self.end_may_inline(ino);
         let inode = if inline {
