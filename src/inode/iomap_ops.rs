@@ -63,6 +63,10 @@ pub(crate) struct Ext4Write<'a> {
     pub inode: &'a Inode,
     /// Write back and commit, to free space a reservation waits for.
     pub flush: &'a dyn Fn() -> Result<()>,
+    /// For a page fault (a window mapping): always reserve, never allocate at once — a
+    /// reservation keeps the metadata pool free, so the writeback of what the guest stores
+    /// cannot fail.
+    fault: bool,
     /// The delayed ranges this write reserved.
     holes: Vec<(u64, u64)>,
 }
@@ -77,7 +81,20 @@ impl<'a> Ext4Write<'a> {
             map,
             inode,
             flush,
+            fault: false,
             holes: Vec::new(),
+        }
+    }
+
+    /// The ops of a page fault (see `iomap::mkwrite`).
+    pub fn for_fault(
+        map: Ext4Iomap<'a>,
+        inode: &'a Inode,
+        flush: &'a dyn Fn() -> Result<()>,
+    ) -> Ext4Write<'a> {
+        Ext4Write {
+            fault: true,
+            ..Ext4Write::new(map, inode, flush)
         }
     }
 }
@@ -97,7 +114,7 @@ impl WriteOps for Ext4Write<'_> {
         let (vol, ino) = (self.map.vol, self.map.ino);
         let holes = vol.unreserved_holes(ino, self.inode, first, end)?;
         let need: u64 = holes.iter().map(|(_, l)| l).sum();
-        if need > 0 && self.inode.has_flag(flags::EXTENTS) && vol.nearly_full() {
+        if need > 0 && !self.fault && self.inode.has_flag(flags::EXTENTS) && vol.nearly_full() {
             // Little room left: allocate unwritten blocks now (ext4's nonda switch), so the
             // space is taken for certain and ENOSPC comes from here; writeback converts them.
             for &(s, l) in &holes {

@@ -27,9 +27,10 @@
 
 use super::InodeData;
 use crate::errno::{Errno, Result};
-use crate::extent::Status;
 use crate::fs::Fs;
 use crate::fs::types::Ino;
+use crate::inode::iomap_ops::Ext4Write;
+use crate::iomap::WriteOps;
 use crate::ondisk::inode::{Inode, flags};
 use crate::pagecache::{Mapping, PAGE_SIZE, SLAB_PAGES, SLAB_SIZE};
 use std::os::fd::RawFd;
@@ -260,48 +261,46 @@ impl Fs {
     }
 
     /// Read in the pages of the chunk of `offset` within EOF; for a writable mapping, reserve
-    /// its holes and move the file's times (page_mkwrite). The chunk is pinned; the caller
-    /// holds `d.rw`.
+    /// its holes and move the file's times (page_mkwrite, `iomap::mkwrite`). The chunk is
+    /// pinned; the caller holds `d.rw`.
     fn dax_fault_in(&self, ino: Ino, d: &InodeData, offset: u64, write: bool) -> Result<()> {
-        // The whole chunk within EOF: every page of a writable chunk counts as dirty.
+        // The whole chunk: every page of a writable chunk within EOF counts as dirty.
         let slab = SLAB_SIZE as u64;
         let offset = offset - offset % slab;
-        let size = d.sizes().size;
-        let end = offset.saturating_add(slab).min(size);
-        if end <= offset {
-            // Wholly past EOF: the guest treats it as a hole and never touches it (a size
-            // increase reserves what comes inside EOF).
-            return Ok(());
+        self.with_fault_ops(ino, d, |io, ops| {
+            io.page_mkwrite(ops, offset, offset.saturating_add(slab), write)
+        })?;
+        if write {
+            self.file_modified(ino, false)?;
         }
-        if !self.cache_range(ino, d, offset, end, size)? {
-            return Err(Errno::ENOMEM);
-        }
-        if !write {
-            return Ok(());
-        }
-        self.dax_reserve(ino, d, offset, end)?;
-        self.file_modified(ino, false)
+        Ok(())
     }
 
-    /// Reserve every hole of bytes `[from, to)` that has no reservation yet. Always a
-    /// reservation (never write()'s allocate-at-once switch): a reservation keeps the metadata
-    /// pool free, so the writeback of what the guest stores cannot fail.
+    /// Reserve every hole of bytes `[from, to)` that has no reservation yet, as a page fault
+    /// does (never write()'s allocate-at-once switch).
     fn dax_reserve(&self, ino: Ino, d: &InodeData, from: u64, to: u64) -> Result<()> {
         if to <= from {
             return Ok(());
         }
         let bs = self.block_size as u64;
+        self.with_fault_ops(ino, d, |_, ops| ops.begin(from / bs, to.div_ceil(bs)))
+    }
+
+    /// Run `f` with the file's cache and ext4's write ops built for a page fault.
+    fn with_fault_ops(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        f: impl FnOnce(&crate::iomap::FileIo<'_>, &mut dyn WriteOps) -> Result<()>,
+    ) -> Result<()> {
         let inode = {
             let _g = self.ns_read();
             self.read_inode(ino)?
         };
-        let holes = self.unreserved_holes(ino, &inode, from / bs, to.div_ceil(bs))?;
-        let need: u64 = holes.iter().map(|(_, l)| l).sum();
-        self.reserve_blocks(ino, d, need)?;
-        for &(s, l) in &holes {
-            self.es.insert(ino, s, l, Status::Delayed);
-        }
-        Ok(())
+        let room = |own: bool, attempt: u32| self.make_room(ino, d, own, attempt);
+        let flush = || self.flush_for_space(ino, d);
+        let mut ops = Ext4Write::for_fault(self.iomap_ops(ino, &room), &inode, &flush);
+        f(&self.file_io(ino, d), &mut ops)
     }
 
     /// Undo one [`Fs::dax_pin`]: a writable mapping's pages are dirty for normal writeback to

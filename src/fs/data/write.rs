@@ -218,16 +218,10 @@ impl Fs {
         self.store_inode(ino, &i)
     }
 
-    /// Reserve `n` blocks for delayed allocation of `ino` (see `Volume::reserve_delalloc`):
-    /// when they do not fit, write back and commit first.
-    pub(super) fn reserve_blocks(&self, ino: Ino, d: &InodeData, n: u64) -> Result<()> {
-        self.reserve_delalloc(n, &|| self.flush_for_space(ino, d))
-    }
-
     /// Free what a reservation waits for: write back this file and the others (delayed blocks
     /// hold reservations, and their metadata worst cases), then commit (freed blocks are busy
     /// until their transaction commits). The caller holds `d.rw`.
-    fn flush_for_space(&self, ino: Ino, d: &InodeData) -> Result<()> {
+    pub(super) fn flush_for_space(&self, ino: Ino, d: &InodeData) -> Result<()> {
         self.writeback_inode(ino, d, 0, u64::MAX)?;
         let _ = self.writeback_others(ino);
         let _ = self.sync();
