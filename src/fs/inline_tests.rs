@@ -757,3 +757,41 @@ fn new_files_are_written_inline_while_they_fit() {
         }
     }
 }
+
+/// A DAX window mapping of a new file moves its inline data to a block (the window maps the page
+/// cache) and ends its inline state: later small writes go through the cache.
+#[test]
+fn a_window_mapping_moves_a_new_inline_file_to_a_block() {
+    let t = tempfile::tempdir().unwrap();
+    let (tag, extra) = CONFIGS[0];
+    let img = image(t.path(), tag, extra);
+    let fs = mount_rw(&img);
+    let inline = |ino: Ino| fs.read_inode(ino).unwrap().has_flag(flags::INLINE_DATA);
+    let mapped = mkfile(&fs, ROOT_INO, "mapped");
+    write_all(&fs, mapped, 0, b"inline before the mapping");
+    assert!(inline(mapped));
+    let mut pin = None;
+    fs.dax_pin(mapped, 0, 4096, false, |p| {
+        pin = Some(p);
+        Ok(())
+    })
+    .unwrap();
+    fs.dax_unpin(pin.unwrap());
+    assert!(!inline(mapped), "a mapped file kept inline data");
+    write_all(&fs, mapped, 0, b"INLINE");
+    assert!(!inline(mapped), "a mapped file went inline again");
+    let fresh = mkfile(&fs, ROOT_INO, "fresh");
+    let mut pin = None;
+    fs.dax_pin(fresh, 0, 4096, false, |p| {
+        pin = Some(p);
+        Ok(())
+    })
+    .unwrap();
+    fs.dax_unpin(pin.unwrap());
+    write_all(&fs, fresh, 0, b"small");
+    assert!(!inline(fresh), "a mapped new file went inline");
+    let mut expect = initial_tree();
+    expect.insert("mapped".into(), describe(b"INLINE before the mapping"));
+    expect.insert("fresh".into(), describe(b"small"));
+    finish(fs, &img, &expect, tag);
+}
