@@ -758,6 +758,17 @@ fn new_files_are_written_inline_while_they_fit() {
     }
 }
 
+/// Map the first page of `ino` into a window (read-only) and let go of it.
+fn map_and_unmap(fs: &Fs, ino: Ino) {
+    let mut pin = None;
+    fs.dax_pin(ino, 0, 4096, false, |p| {
+        pin = Some(p);
+        Ok(())
+    })
+    .unwrap();
+    fs.dax_unpin(pin.unwrap());
+}
+
 /// A DAX window mapping of a new file moves its inline data to a block (the window maps the page
 /// cache) and ends its inline state: later small writes go through the cache.
 #[test]
@@ -770,24 +781,12 @@ fn a_window_mapping_moves_a_new_inline_file_to_a_block() {
     let mapped = mkfile(&fs, ROOT_INO, "mapped");
     write_all(&fs, mapped, 0, b"inline before the mapping");
     assert!(inline(mapped));
-    let mut pin = None;
-    fs.dax_pin(mapped, 0, 4096, false, |p| {
-        pin = Some(p);
-        Ok(())
-    })
-    .unwrap();
-    fs.dax_unpin(pin.unwrap());
+    map_and_unmap(&fs, mapped);
     assert!(!inline(mapped), "a mapped file kept inline data");
     write_all(&fs, mapped, 0, b"INLINE");
     assert!(!inline(mapped), "a mapped file went inline again");
     let fresh = mkfile(&fs, ROOT_INO, "fresh");
-    let mut pin = None;
-    fs.dax_pin(fresh, 0, 4096, false, |p| {
-        pin = Some(p);
-        Ok(())
-    })
-    .unwrap();
-    fs.dax_unpin(pin.unwrap());
+    map_and_unmap(&fs, fresh);
     write_all(&fs, fresh, 0, b"small");
     assert!(!inline(fresh), "a mapped new file went inline");
     let mut expect = initial_tree();
