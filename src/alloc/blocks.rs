@@ -67,6 +67,7 @@ impl Allocator {
     /// Returns (first block, count); `count` may be less than `want`.
     /// Blocks reserved by delayed allocation stay free for it: ENOSPC when only they are left.
     pub fn alloc_blocks(&self, io: &dyn MetaIo, goal: u64, want: u32) -> Result<(u64, u32)> {
+        let _op = self.op();
         let room = self.unreserved_free();
         if room == 0 {
             return Err(Errno::ENOSPC);
@@ -87,6 +88,7 @@ impl Allocator {
         want: u32,
         reserved: u32,
     ) -> Result<(u64, u32)> {
+        let _op = self.op();
         // Unreserved data leaves the metadata pool alone: writeback of reserved data may need
         // it for extent tree blocks.
         let room = self.unreserved_free().saturating_sub(self.metadata_pool()) + reserved as u64;
@@ -195,6 +197,7 @@ impl Allocator {
 
     /// Return `len` blocks from `start` to the free pool. Freeing a free block is corruption.
     pub fn free_blocks(&self, io: &dyn MetaIo, start: u64, len: u32) -> Result<()> {
+        let _op = self.op();
         let mut b = start;
         let end = start + len as u64;
         if start < self.geo.first_data_block || end > self.geo.blocks_count {

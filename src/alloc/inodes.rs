@@ -88,6 +88,7 @@ impl Allocator {
 
     /// Allocate an inode number near `parent`. The caller then writes the inode itself.
     pub fn alloc_inode(&self, io: &dyn MetaIo, parent: u64, is_dir: bool) -> Result<u64> {
+        let _op = self.op();
         let ipg = self.geo.inodes_per_group;
         let parent_group = ((parent.max(1) - 1) / ipg as u64) as u32;
         let mut tried = 0;
@@ -142,6 +143,7 @@ impl Allocator {
 
     /// Release inode `ino`. Freeing a free inode is corruption.
     pub fn free_inode(&self, io: &dyn MetaIo, ino: u64, is_dir: bool) -> Result<()> {
+        let _op = self.op();
         let ipg = self.geo.inodes_per_group as u64;
         if ino < self.geo.first_ino as u64 || ino > ipg * self.group_count() as u64 {
             return Err(crate::corrupt!("freeing impossible inode {ino}"));

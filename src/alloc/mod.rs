@@ -2,8 +2,13 @@
 //! free counters kept exact. All metadata goes through `MetaIo`, so every change joins the running
 //! transaction.
 //!
-//! Locking: callers serialize allocations (the file system's metadata write lock); the group table
-//! here has its own mutex only so readers (statfs) can look at it at any time.
+//! Locking: several journal handles allocate and free at once (writeback of different files), so
+//! every allocation, free and reservation runs whole under the allocator's own mutex (`op`): the
+//! room check, the bitmap's read-modify-write and the group descriptor's. The descriptor's GDT
+//! block, which other groups' descriptors share, is changed under its buffer lock
+//! ([`MetaIo::modify_meta`]). The group table has its own short mutex so readers (statfs, the
+//! superblock's counters at commit) can look at it at any time. Lock order: `op` → the group
+//! table / busy extents → buffer locks → the buffer cache.
 
 mod bitmap;
 mod blocks;
@@ -22,6 +27,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub trait MetaIo {
     fn read_meta(&self, block: u64) -> Result<Arc<[u8]>>;
     fn write_meta(&self, block: u64, data: Vec<u8>);
+
+    /// Read-modify-write `block` atomically: no other change of the block may come between the
+    /// read and the write (the file system holds the block's buffer lock meanwhile).
+    fn modify_meta(&self, block: u64, f: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+        let mut data = self.read_meta(block)?.to_vec();
+        f(&mut data);
+        self.write_meta(block, data);
+        Ok(())
+    }
 }
 
 /// The fixed geometry the allocator works with.
@@ -115,6 +129,8 @@ pub struct Allocator {
     busy: Mutex<busy::Busy>,
     /// Blocks reserved by delayed allocation (see `reserve`).
     reserved: std::sync::atomic::AtomicU64,
+    /// Held by every allocation, free and reservation from its room check to its last write.
+    op: Mutex<()>,
 }
 
 impl Allocator {
@@ -133,7 +149,13 @@ impl Allocator {
             fixed,
             busy: Mutex::new(busy::Busy::default()),
             reserved: std::sync::atomic::AtomicU64::new(0),
+            op: Mutex::new(()),
         }
+    }
+
+    /// Serializes allocations, frees and reservations (see the module comment).
+    fn op(&self) -> MutexGuard<'_, ()> {
+        self.op.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<GroupDesc>> {
@@ -191,16 +213,16 @@ impl Allocator {
     /// Store a changed descriptor: in memory and, with a fresh checksum, in its GDT block.
     fn store_group(&self, io: &dyn MetaIo, g: u32, gd: GroupDesc) -> Result<()> {
         let (block, off) = self.locations[g as usize];
-        let mut data = io.read_meta(block)?.to_vec();
         let ds = self.geo.desc_size;
-        gd.write_into(&mut data[off..off + ds], ds);
-        set_desc_checksum(
-            self.geo.group_csum,
-            &self.geo.uuid,
-            g,
-            &mut data[off..off + ds],
-        );
-        io.write_meta(block, data);
+        io.modify_meta(block, &mut |data| {
+            gd.write_into(&mut data[off..off + ds], ds);
+            set_desc_checksum(
+                self.geo.group_csum,
+                &self.geo.uuid,
+                g,
+                &mut data[off..off + ds],
+            );
+        })?;
         self.lock()[g as usize] = gd;
         Ok(())
     }

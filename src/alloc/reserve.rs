@@ -14,6 +14,8 @@ impl Allocator {
         if n == 0 {
             return true;
         }
+        // Against the allocations' room checks: both see the same free count.
+        let _op = self.op();
         let (free, _) = self.free_counts();
         self.reserved
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {

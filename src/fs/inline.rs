@@ -23,7 +23,11 @@
 //! Every change is made to the in-core inode (`i_block`, and the in-inode xattr area in
 //! `inode.raw`); the caller stores the inode, which refreshes its checksum.
 //!
-//! Lock order: the namespace write lock is held by the caller for the whole operation.
+//! Locks: a directory's inline data changes under the namespace write lock. A regular file's
+//! changes are data-path steps ([`Fs::inline_step`]): the file's data lock under the namespace
+//! lock held for reading, so inline files are written at the same time as other files — unless
+//! the inode has an xattr block, which other inodes may share (its reference count): then the
+//! namespace write lock, as for setxattr.
 
 use super::Fs;
 use super::data::InodeData;
@@ -426,5 +430,27 @@ impl Fs {
         if let Err(e) = self.truncate_blocks(ino, n, 0) {
             log::error!("inode {ino}: releasing the block of a failed conversion: {e}");
         }
+    }
+}
+
+/// The locks of a change to a regular file's inline data (see the module comment).
+pub(in crate::fs) enum InlineStep<'a> {
+    Data(#[allow(dead_code)] crate::volume::DataStep<'a>),
+    Namespace(#[allow(dead_code)] crate::volume::NsWrite<'a>),
+}
+
+impl Fs {
+    /// Start a change of `ino`'s inline data (a regular file with in-core state `d`).
+    pub(in crate::fs) fn inline_step<'a>(
+        &'a self,
+        ino: Ino,
+        d: &'a crate::volume::incore::InodeData,
+    ) -> Result<InlineStep<'a>> {
+        let step = self.data_step(d);
+        if self.read_inode(ino)?.file_acl == 0 {
+            return Ok(InlineStep::Data(step));
+        }
+        drop(step);
+        Ok(InlineStep::Namespace(self.ns_write()))
     }
 }

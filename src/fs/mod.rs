@@ -79,6 +79,8 @@ mod fstests_fixes_tests;
 #[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
+mod handle_tests;
+#[cfg(test)]
 mod inline_tests;
 #[cfg(test)]
 mod status_tests;

@@ -334,7 +334,7 @@ impl Fs {
             if !inode.has_flag(flags::INLINE_DATA) {
                 let size = d.sizes().size;
                 let room = |own: bool, attempt: u32| self.make_room(ino, &d, own, attempt);
-                let ops = self.iomap_ops(ino, &room);
+                let ops = self.iomap_ops(ino, &d, &room);
                 return self
                     .file_io(ino, &d)
                     .seek(&ops, offset, size, whence == SEEK_DATA);

@@ -71,7 +71,7 @@ impl Fs {
             self.truncate_steps(ino, &i, keep)?
         };
         for cut in cuts {
-            let _h = self.start_handle(self.truncate_step_credits());
+            let _h = self.ns_write_credits(self.truncate_step_credits());
             let mut i = self.read_inode(ino)?;
             self.truncate_blocks(ino, &mut i, cut)?;
             self.store_inode(ino, &i)?;

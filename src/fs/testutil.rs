@@ -57,6 +57,22 @@ pub(crate) fn mkfs(src: &Path, img: &Path, opts: &[&str], size: &str) {
     );
 }
 
+/// mke2fs `opts` on `img` of `size`, with nothing in it (e2fsprogs required).
+pub(crate) fn mkfs_blank(img: &Path, opts: &[&str], size: &str) {
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F"])
+        .args(opts)
+        .arg(img)
+        .arg(size)
+        .output()
+        .expect("mke2fs (e2fsprogs) is required");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub(crate) fn mount(img: &Path) -> Fs {
     let dev = FileDevice::open(img, true).unwrap();
     Fs::mount(Arc::new(dev), &MountOptions::default()).unwrap()

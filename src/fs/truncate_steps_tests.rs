@@ -124,7 +124,7 @@ fn a_crash_between_two_steps_is_finished_at_the_next_mount() {
     };
     assert!(cuts.len() > 4);
     for &cut in &cuts[..cuts.len() / 2] {
-        let _h = fs.start_handle(fs.truncate_step_credits());
+        let _h = fs.ns_write_credits(fs.truncate_step_credits());
         let mut i = fs.read_inode(a).unwrap();
         fs.truncate_blocks(a, &mut i, cut).unwrap();
         fs.store_inode(a, &i).unwrap();

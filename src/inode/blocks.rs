@@ -100,31 +100,37 @@ impl Volume {
         }
     }
 
-    /// Write an in-core inode back into its inode table block (in the running transaction).
+    /// Write an in-core inode back into its inode table block (in the running transaction),
+    /// under the block's buffer lock: the block holds other inodes that other handles may be
+    /// storing at the same time.
     pub(crate) fn store_inode(&self, ino: Ino, inode: &Inode) -> Result<()> {
         let (block, off) = self.inode_location(ino)?;
-        let mut data = self.read_meta_block(block)?.to_vec();
         let isz = self.sb.inode_size as usize;
-        let raw = &mut data[off..off + isz];
         // The in-inode xattr area travels in `inode.raw` (read with the inode, changed by setxattr).
         let ibody = 128 + inode.extra_isize as usize;
-        if inode.raw.len() == isz && isz > ibody {
-            raw[ibody..].copy_from_slice(&inode.raw[ibody..]);
-        }
-        match self.inodes.disksize(ino) {
-            // The on-disk size is i_disksize (it moves at I/O completion), not i_size.
+        // The on-disk size is i_disksize (it moves at I/O completion), not i_size.
+        let on_disk = match self.inodes.disksize(ino) {
             Some(disksize) if inode.is_reg() && disksize != inode.size => {
                 let mut on_disk = inode.clone();
                 on_disk.size = disksize;
-                on_disk.write_into(raw);
+                std::borrow::Cow::Owned(on_disk)
             }
-            _ => inode.write_into(raw),
-        }
-        if self.sb.has_metadata_csum() {
-            inode::set_inode_checksum(self.inode_seed(ino, inode), raw);
-        }
-        self.write_meta(block, data);
-        Ok(())
+            _ => std::borrow::Cow::Borrowed(inode),
+        };
+        let seed = self
+            .sb
+            .has_metadata_csum()
+            .then(|| self.inode_seed(ino, inode));
+        self.modify_meta(block, &mut |data| {
+            let raw = &mut data[off..off + isz];
+            if inode.raw.len() == isz && isz > ibody {
+                raw[ibody..].copy_from_slice(&inode.raw[ibody..]);
+            }
+            on_disk.write_into(raw);
+            if let Some(seed) = seed {
+                inode::set_inode_checksum(seed, raw);
+            }
+        })
     }
 
     pub(crate) fn adjust_blocks(&self, inode: &mut Inode, blocks: i64) {

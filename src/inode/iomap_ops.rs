@@ -20,7 +20,12 @@
 //!   data never goes into such a block).
 //!
 //! Lock order: the caller holds the file's rw lock (shared) or its blocks are under writeback;
-//! then the namespace lock (the block-map change) → the extent status cache and the allocator.
+//! then the namespace lock → a journal handle → the file's data lock (i_data_sem) → the extent
+//! status cache and the allocator. The metadata steps of extent-mapped files (allocating
+//! unwritten blocks, completion) hold the namespace lock only for reading and the file's data
+//! lock exclusively (`Volume::data_step`), so steps of different files run at once; reading
+//! the map holds both shared (`Volume::map_read`). Indirect-mapped files' writeback takes the
+//! namespace lock for writing.
 
 use crate::errno::{Errno, Result};
 use crate::extent::{ExtentTree, Status};
@@ -41,12 +46,14 @@ pub(crate) type MakeRoom<'a> = &'a dyn Fn(bool, u32) -> Result<()>;
 pub(crate) struct Ext4Iomap<'a> {
     pub vol: &'a Volume,
     pub ino: Ino,
+    /// The file's in-core state (its data lock guards the map).
+    pub d: &'a InodeData,
     pub room: MakeRoom<'a>,
 }
 
 impl IomapOps for Ext4Iomap<'_> {
     fn map(&self, lblk: u64) -> Result<Mapping> {
-        let _g = self.vol.ns_read();
+        let _g = self.vol.map_read(self.d);
         let inode = self.vol.read_inode(self.ino)?;
         self.vol.map_block(self.ino, &inode, lblk)
     }
@@ -111,8 +118,8 @@ impl IomapOps for Ext4Write<'_> {
 
 impl WriteOps for Ext4Write<'_> {
     fn begin(&mut self, first: u64, end: u64) -> Result<()> {
-        let (vol, ino) = (self.map.vol, self.map.ino);
-        let holes = vol.unreserved_holes(ino, self.inode, first, end)?;
+        let (vol, ino, d) = (self.map.vol, self.map.ino, self.map.d);
+        let holes = vol.unreserved_holes(ino, d, self.inode, first, end)?;
         let need: u64 = holes.iter().map(|(_, l)| l).sum();
         if need > 0 && !self.fault && self.inode.has_flag(flags::EXTENTS) && vol.nearly_full() {
             // Little room left: allocate unwritten blocks now (ext4's nonda switch), so the
@@ -120,7 +127,7 @@ impl WriteOps for Ext4Write<'_> {
             for &(s, l) in &holes {
                 let mut at = s;
                 while at < s + l {
-                    let (_, got) = vol.alloc_unwritten(ino, at, s + l - at)?;
+                    let (_, got) = vol.alloc_unwritten(ino, d, at, s + l - at)?;
                     at += got.max(1);
                 }
             }
@@ -162,7 +169,7 @@ impl WritebackOps for Ext4Writeback<'_> {
     fn map_blocks(&self, io: &FileIo<'_>, l: u64, end: u64) -> Result<WbMap> {
         let (vol, ino) = (self.vol, self.ino);
         let (inode, m) = {
-            let _g = vol.ns_read();
+            let _g = vol.map_read(self.d);
             let inode = vol.read_inode(ino)?;
             let m = vol.map_block(ino, &inode, l)?;
             (inode, m)
@@ -180,7 +187,7 @@ impl WritebackOps for Ext4Writeback<'_> {
                 unwritten: true,
             }),
             Status::Hole | Status::Delayed if inode.has_flag(flags::EXTENTS) => {
-                let (pblk, got) = vol.alloc_unwritten(ino, l, end - l)?;
+                let (pblk, got) = vol.alloc_unwritten(ino, self.d, l, end - l)?;
                 if got == 0 {
                     return Ok(WbMap::Again);
                 }
@@ -206,7 +213,8 @@ impl WritebackOps for Ext4Writeback<'_> {
 
     fn complete(&self, converted: &[(u64, u64)], disksize: Option<u64>) -> Result<()> {
         let (vol, ino) = (self.vol, self.ino);
-        let _g = vol.ns_write();
+        // The file's data lock, not the namespace lock: other files complete at the same time.
+        let _g = vol.data_step(self.d);
         let mut inode = vol.read_inode(ino)?;
         let mut r = Ok(());
         for &(s, n) in converted {
@@ -235,11 +243,12 @@ impl Volume {
     pub(crate) fn unreserved_holes(
         &self,
         ino: Ino,
+        d: &InodeData,
         inode: &Inode,
         first: u64,
         end: u64,
     ) -> Result<Vec<(u64, u64)>> {
-        let _g = self.ns_read();
+        let _g = self.map_read(d);
         let mut out: Vec<(u64, u64)> = Vec::new();
         let mut push = |s: u64, l: u64| {
             if l == 0 {
@@ -322,14 +331,20 @@ impl Volume {
     /// the count is 0 when the block was mapped meanwhile (by a concurrent writeback).
     /// Delayed blocks it covers give their reservation back. When only blocks freed by
     /// uncommitted transactions are left, commit and retry (jbd2's rule).
-    pub(crate) fn alloc_unwritten(&self, ino: Ino, lblk: u64, min_len: u64) -> Result<(u64, u64)> {
+    pub(crate) fn alloc_unwritten(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        lblk: u64,
+        min_len: u64,
+    ) -> Result<(u64, u64)> {
         let want = match self.es.lookup(ino, lblk) {
             Some((s, len, Status::Delayed)) => (s + len - lblk).max(min_len),
             _ => min_len,
         }
         .clamp(1, MAX_UNWRITTEN);
         for attempt in 0..2 {
-            match self.alloc_unwritten_once(ino, lblk, want) {
+            match self.alloc_unwritten_once(ino, d, lblk, want) {
                 Err(Errno::ENOSPC) if attempt == 0 && self.alloc.busy_blocks() > 0 => {
                     self.sync()?;
                 }
@@ -339,8 +354,15 @@ impl Volume {
         Err(Errno::ENOSPC)
     }
 
-    fn alloc_unwritten_once(&self, ino: Ino, lblk: u64, want: u64) -> Result<(u64, u64)> {
-        let _g = self.ns_write();
+    fn alloc_unwritten_once(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        lblk: u64,
+        want: u64,
+    ) -> Result<(u64, u64)> {
+        // The file's data lock, not the namespace lock: other files allocate at the same time.
+        let _g = self.data_step(d);
         let mut inode = self.read_inode(ino)?;
         // The hole may be shorter than asked (a mapped block further on).
         let m = self.map_block(ino, &inode, lblk)?;

@@ -24,6 +24,11 @@ pub struct InodeData {
     /// share it (the writeback's device writes run without it, on blocks marked under
     /// writeback in `pages`).
     pub rw: RwLock<()>,
+    /// i_data_sem: the file's block map, inline data and on-disk inode. The data path's
+    /// metadata steps (which hold the namespace lock only for reading, so steps of different
+    /// files run at once) change them holding it exclusively; readers of the map hold it
+    /// shared. Taken after a journal handle is started, never around a handle start.
+    data_sem: RwLock<()>,
     pub pages: Mutex<Mapping>,
     /// Signalled (with `pages`) when blocks leave writeback.
     wb_cv: Condvar,
@@ -39,6 +44,7 @@ impl InodeData {
     pub fn new(size: u64) -> InodeData {
         InodeData {
             rw: RwLock::new(()),
+            data_sem: RwLock::new(()),
             pages: Mutex::new(Mapping::default()),
             wb_cv: Condvar::new(),
             sizes: Mutex::new(Sizes {
@@ -56,6 +62,16 @@ impl InodeData {
 
     pub fn sizes(&self) -> MutexGuard<'_, Sizes> {
         self.sizes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// i_data_sem shared: the block map does not change meanwhile.
+    pub fn data_read(&self) -> RwLockReadGuard<'_, ()> {
+        self.data_sem.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// i_data_sem exclusively: for a change of the block map or the on-disk inode.
+    pub fn data_write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.data_sem.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn read_lock(&self) -> RwLockReadGuard<'_, ()> {

@@ -18,11 +18,16 @@
 //! * [`recovery`]: replay at mount, as the kernel and e2fsck do it (scan, revoke, replay; then
 //!   the journal superblock is reset).
 //!
-//! Handles (credits), the running/committing transactions, checkpoint scheduling and the commit
-//! thread live with the buffer cache in `fs::commit`: the running transaction *is* the buffer
-//! cache's set of dirty blocks, frozen at commit while the next one starts.
+//! * [`handle`]: jbd2-style handles — operations join the running transaction (counted in its
+//!   `t_updates`, credits reserved), and a commit locks it against new handles and waits for the
+//!   open ones to end before it freezes it.
+//!
+//! The running/committing transactions, checkpoint scheduling and the commit thread live with
+//! the buffer cache in `volume::commit`: the running transaction *is* the buffer cache's set of
+//! dirty blocks, frozen at commit while the next one starts.
 
 pub mod area;
 pub mod commit;
+pub mod handle;
 pub mod recovery;
 pub mod ring;

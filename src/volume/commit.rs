@@ -1,30 +1,34 @@
 //! Making changes durable: journal handles, commits, checkpoints, and the commit thread.
 //!
-//! An operation starts as a handle ([`Volume::start_handle`]): when the running transaction could
-//! outgrow its limit with the blocks the operation may dirty (its credits), the transaction is
-//! committed first. A commit freezes the running transaction under the namespace lock (a new one
-//! starts at once), then — holding only the commit lock — logs it in the journal with two
-//! flushes. Its blocks stay in the buffer cache as committed-not-home until a checkpoint writes
-//! the newest copy of each home, flushes, and marks the log empty; that happens when the log has
-//! no room for the next commit, in the commit thread when the log is half full, and at unmount.
+//! An operation that changes metadata runs in a journal handle ([`Volume::start_handle`], the
+//! machinery in `journal::handle`): the handle joins the running transaction (counted in its
+//! `t_updates`, its credits reserved); when the transaction could outgrow its limit with the
+//! blocks the operation may dirty, the transaction is committed first. A commit locks the
+//! running transaction against new handles, waits until the open ones ended, freezes it (a new
+//! one starts at once and the waiting handles join it), then — holding only the commit lock —
+//! logs it in the journal with two flushes. Its blocks stay in the buffer cache as
+//! committed-not-home until a checkpoint writes the newest copy of each home, flushes, and marks
+//! the log empty; that happens when the log has no room for the next commit, in the commit
+//! thread when the log is half full, and at unmount.
 //!
 //! Without a journal (images made with `^has_journal`, like the kernel's no-journal mode) a
 //! commit writes the running transaction's blocks home and flushes; the superblock's counters
 //! and state are refreshed first so e2fsck finds them exact.
 //!
-//! Lock order: commit lock → `ns` (briefly, to freeze) → buffer cache → journal log state.
-//! Operations take `ns` without the commit lock; a handle that must commit does so before it
-//! takes `ns`.
+//! Lock order: commit lock → the running transaction locked (open handles drained) → buffer
+//! cache → journal log state. A committer holds no handle and takes no namespace lock (a
+//! handle starter that must commit may hold `ns`); handles never take the commit lock.
 
 use super::{Volume, now};
 use crate::alloc::MetaIo;
 use crate::cache::Frozen;
 use crate::errno::{Errno, Result};
+use crate::journal::handle::{CommitLock, Handle, Start};
 use crate::ondisk::le::{put_u16, put_u32};
 use crate::ondisk::superblock::{SUPERBLOCK_OFFSET, Superblock, incompat};
 use crate::volume::errors::STATE_ERROR;
 use std::sync::atomic::Ordering;
-use std::sync::{Condvar, Mutex, MutexGuard, RwLockWriteGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 const STATE_VALID: u16 = 0x1;
 
@@ -116,17 +120,36 @@ impl Volume {
         }
     }
 
-    /// Start an operation that may dirty up to `credits` metadata blocks: commit the running
-    /// transaction first when it would outgrow its limit, then take the namespace write lock.
-    pub(crate) fn start_handle(&self, credits: usize) -> RwLockWriteGuard<'_, ()> {
-        if !self.is_read_only()
-            && self.cache.running_len() + credits > self.max_transaction()
-            && let Err(e) = self.commit_running(|| Ok(()), false)
-        {
-            // The journal aborted; the operation sees a read-only file system.
-            log::error!("commit before a full transaction grew larger failed: {e}");
+    /// Start a journal handle that may dirty up to `credits` metadata blocks: it joins the
+    /// running transaction, after committing it first when it would outgrow its limit. Ends
+    /// when dropped. A thread that holds one already gets a nested handle.
+    pub(crate) fn start_handle(&self, credits: usize) -> Handle<'_> {
+        let mut force = self.is_read_only();
+        loop {
+            match self.gate.try_start(
+                credits,
+                || self.cache.running_len(),
+                self.max_transaction(),
+                force,
+            ) {
+                Start::Joined(h) => return h,
+                Start::Full { frozen } => {
+                    if let Err(e) = self.commit_running_after(Some(frozen), || Ok(()), false) {
+                        // The journal aborted; the operation sees a read-only file system.
+                        log::error!("commit before a full transaction grew larger failed: {e}");
+                        force = true;
+                    }
+                }
+            }
         }
-        self.ns.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lock the running transaction against new handles and wait for the open ones to end.
+    fn lock_running(&self) -> Result<CommitLock<'_>> {
+        self.gate.lock_for_commit().ok_or_else(|| {
+            log::error!("internal error: a commit from inside a journal handle");
+            Errno::EIO
+        })
     }
 
     pub(crate) fn commit_guard(&self) -> MutexGuard<'_, Vec<Frozen>> {
@@ -150,10 +173,23 @@ impl Volume {
         Errno::EIO
     }
 
-    /// Commit the running transaction: run `prepare` and refresh the superblock under the
-    /// namespace lock, freeze, then log (or, without a journal, write home) outside it.
+    /// Commit the running transaction: with it locked and its handles drained, run `prepare`
+    /// (as part of it) and refresh the superblock, freeze, then log (or, without a journal,
+    /// write home) with new handles joining the next transaction.
     pub(crate) fn commit_running(
         &self,
+        prepare: impl FnOnce() -> Result<()>,
+        clean: bool,
+    ) -> Result<()> {
+        self.commit_running_after(None, prepare, clean)
+    }
+
+    /// [`Volume::commit_running`]; with `Some(frozen)`, only when the transaction running after
+    /// `frozen` commits is still running (a handle starter found it full, and another starter
+    /// may have committed it meanwhile).
+    fn commit_running_after(
+        &self,
+        frozen: Option<u64>,
         prepare: impl FnOnce() -> Result<()>,
         clean: bool,
     ) -> Result<()> {
@@ -161,14 +197,18 @@ impl Volume {
         if self.aborted.load(Ordering::Acquire) {
             return Err(Errno::EIO);
         }
+        if frozen.is_some_and(|f| f != self.gate.frozen()) {
+            return Ok(());
+        }
         let frozen = {
-            let _g = self.ns.write().unwrap_or_else(|e| e.into_inner());
+            let mut locked = self.lock_running()?;
             prepare()?;
             if self.cache.running_len() == 0 && !clean {
                 return Ok(());
             }
             self.write_superblock(clean)?;
             self.alloc.busy_freeze();
+            locked.frozen();
             self.cache.freeze()
         };
         let r = self.log_transaction(&mut live, frozen);
@@ -299,11 +339,12 @@ impl Volume {
     /// when a transaction is running, nothing is written and the answer is `false`.
     pub(crate) fn superblock_home(&self, clean: bool) -> Result<bool> {
         let frozen = {
-            let _g = self.ns.write().unwrap_or_else(|e| e.into_inner());
+            let mut locked = self.lock_running()?;
             if self.cache.running_len() != 0 {
                 return Ok(false);
             }
             self.write_superblock(clean)?;
+            locked.frozen();
             self.cache.freeze()
         };
         self.write_home_unjournaled(&frozen)?;

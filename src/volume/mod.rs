@@ -7,8 +7,19 @@
 //! checkpoints, the commit thread), `errors` (the superblock's error policy). Loading the
 //! internal journal maps its inode: `inode::journal_map`.
 //!
-//! Lock order: see ARCHITECTURE.md ("Locks"); here: commit lock → `ns` → buffer cache → journal
-//! log state, and `ns` → allocator → buffer cache.
+//! Lock order (ARCHITECTURE.md, "Lock order", has the whole list):
+//! the file's rw lock (i_rwsem) → the page map (only around page state, never across a handle
+//! start) → `ns` (write for namespace operations, read for the data path's metadata steps) →
+//! journal handle start → the inode's data lock (i_data_sem) → the allocator → buffer locks →
+//! the buffer cache → journal log state. The commit lock is taken by committers, which hold no
+//! handle; they lock the running transaction against new handles and wait for the open ones.
+//!
+//! Metadata changes run in journal handles ([`Volume::start_handle`]); what keeps two of them
+//! apart: `ns` held for writing (namespace operations, and every change of a block map that is
+//! not a regular file's data path), the inode's data lock (the data path's steps on one file,
+//! under `ns` held for reading, so no namespace operation runs beside them), the allocator's
+//! own lock, and buffer locks for blocks that several inodes share (inode table blocks, GDT
+//! blocks).
 
 pub(crate) mod commit;
 pub(crate) mod errors;
@@ -45,14 +56,18 @@ pub struct Volume {
     pub(crate) es: crate::extent::ExtentStatusCache,
     /// The in-core inodes of regular files with cached data (sizes, locks, page-cache mapping).
     pub(crate) inodes: incore::InodeTable,
-    /// Namespace lock: operations that change metadata hold it for writing, readers for reading.
+    /// Namespace lock: namespace operations (and block-map changes outside a regular file's
+    /// data path) hold it for writing, the data path's metadata steps and readers for reading.
     pub(crate) ns: RwLock<()>,
+    /// The running transaction's open handles (see `journal::handle`).
+    pub(crate) gate: crate::journal::handle::HandleGate,
     /// Superblock fields that change while mounted.
     pub(crate) sb_live: Mutex<SbLive>,
     /// The internal journal, when the image has one and it is written.
     pub(crate) journal: Option<crate::journal::commit::JournalWriter>,
     /// Serializes commits and checkpoints; holds the committed transactions whose blocks are
-    /// not home yet (oldest first). Taken before `ns`, never while holding it.
+    /// not home yet (oldest first). A handle starter that finds the transaction full takes it
+    /// while holding `ns`; a committer takes no namespace lock and holds no handle.
     pub(crate) commit_lock: Mutex<Vec<crate::cache::Frozen>>,
     /// The home superblock says "clean" (an unmount finished): the next commit first writes it
     /// home with needs_recovery again.
@@ -92,6 +107,7 @@ impl Volume {
             es: Default::default(),
             inodes: Default::default(),
             ns: RwLock::new(()),
+            gate: Default::default(),
             sb_live: Mutex::new(SbLive::new(&sb)),
             journal: None,
             commit_lock: Mutex::new(Vec::new()),
@@ -114,10 +130,44 @@ impl Volume {
         self.read_only || self.aborted.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Start an operation that changes metadata (a journal handle with the default credits):
-    /// see [`Volume::start_handle`].
-    pub(crate) fn ns_write(&self) -> RwLockWriteGuard<'_, ()> {
-        self.start_handle(commit::DEFAULT_CREDITS)
+    /// Start a namespace operation: the namespace lock for writing, then a journal handle with
+    /// the default credits.
+    pub(crate) fn ns_write(&self) -> NsWrite<'_> {
+        self.ns_write_credits(commit::DEFAULT_CREDITS)
+    }
+
+    /// [`Volume::ns_write`] for an operation that may dirty `credits` blocks.
+    pub(crate) fn ns_write_credits(&self, credits: usize) -> NsWrite<'_> {
+        let ns = self.ns.write().unwrap_or_else(|e| e.into_inner());
+        NsWrite {
+            _handle: self.start_handle(credits),
+            _ns: ns,
+        }
+    }
+
+    /// Start a metadata step of a regular file's data path (allocating at writeback, converting
+    /// at completion, fallocate, inline data, times and i_disksize): the namespace lock for
+    /// reading (no namespace operation runs meanwhile), a journal handle, then the inode's data
+    /// lock exclusively. Steps on different files run at once. The handle has the default
+    /// credits.
+    pub(crate) fn data_step<'a>(&'a self, d: &'a incore::InodeData) -> DataStep<'a> {
+        let ns = self.ns_read();
+        let handle = self.start_handle(commit::DEFAULT_CREDITS);
+        DataStep {
+            _data: d.data_write(),
+            _handle: handle,
+            _ns: ns,
+        }
+    }
+
+    /// Read a regular file's block map or inline data: the namespace lock for reading and the
+    /// inode's data lock shared (no data-path step of the file changes them meanwhile).
+    pub(crate) fn map_read<'a>(&'a self, d: &'a incore::InodeData) -> MapRead<'a> {
+        let ns = self.ns_read();
+        MapRead {
+            _data: d.data_read(),
+            _ns: ns,
+        }
     }
 
     pub(crate) fn ns_read(&self) -> RwLockReadGuard<'_, ()> {
@@ -165,6 +215,33 @@ impl MetaIo for Volume {
     fn write_meta(&self, block: u64, data: Vec<u8>) {
         self.cache.put_dirty(block, Arc::from(data));
     }
+
+    fn modify_meta(&self, block: u64, f: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+        let _l = self.cache.lock_block(block);
+        let mut data = self.read_meta_block(block)?.to_vec();
+        f(&mut data);
+        self.cache.put_dirty(block, Arc::from(data));
+        Ok(())
+    }
+}
+
+/// A namespace operation's locks: the handle ends first, then `ns` is released.
+pub(crate) struct NsWrite<'a> {
+    _handle: crate::journal::handle::Handle<'a>,
+    _ns: RwLockWriteGuard<'a, ()>,
+}
+
+/// A data-path step's locks, released innermost first.
+pub(crate) struct DataStep<'a> {
+    _data: RwLockWriteGuard<'a, ()>,
+    _handle: crate::journal::handle::Handle<'a>,
+    _ns: RwLockReadGuard<'a, ()>,
+}
+
+/// A reader's locks on a regular file's block map.
+pub(crate) struct MapRead<'a> {
+    _data: RwLockReadGuard<'a, ()>,
+    _ns: RwLockReadGuard<'a, ()>,
 }
 
 /// The current time as (seconds, nanoseconds) since the epoch.

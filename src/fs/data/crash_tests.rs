@@ -227,7 +227,72 @@ fn check_state(fs: &Fs, files: &[Tracked], state: &CrashState) -> Result<(), Str
     Ok(())
 }
 
+/// Three threads each write, overwrite, extend and fsync their own files (created by the
+/// thread, beside the others' writeback) while a fourth creates, renames and unlinks files: the
+/// log interleaves their handles, so cuts land in the middle of concurrent handles.
+fn run_concurrent_workload(fs: &Fs, dev: &RecordingDevice<MemDevice>) -> Vec<Tracked> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let ns = sc.spawn(|| {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("ns{n}");
+                let a = fs
+                    .mknod(ROOT_INO, name.as_bytes(), 0o100644, 0, &ctx())
+                    .unwrap();
+                fs.rename(ROOT_INO, name.as_bytes(), ROOT_INO, b"ns-last", 0)
+                    .unwrap();
+                if n.is_multiple_of(3) {
+                    fs.unlink(ROOT_INO, b"ns-last").unwrap();
+                    fs.forget(a.ino, 1);
+                }
+                n += 1;
+            }
+        });
+        let writers: Vec<_> = (0..3usize)
+            .map(|k| {
+                sc.spawn(move || {
+                    let mut w = Workload {
+                        fs,
+                        dev,
+                        files: Vec::new(),
+                    };
+                    let a = w.create(&format!("t{k}a"));
+                    let b = w.create(&format!("t{k}b"));
+                    for round in 0..6u32 {
+                        let off = (round as usize * 70_000 + k * 3000) % 400_000;
+                        w.write(a, off, 90_000 + k * 1111, round + 1);
+                        w.write(b, off / 2, 30_000, round + 1);
+                        if round % 2 == k as u32 % 2 {
+                            w.fsync(a);
+                        }
+                        w.fsync(b);
+                    }
+                    w.write(a, 0, 10_000, 50);
+                    w.fsync(a);
+                    w.files
+                })
+            })
+            .collect();
+        let files: Vec<Tracked> = writers
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        ns.join().unwrap();
+        files
+    })
+}
+
 fn crash_data(opts: &[&str], seed: u64) {
+    crash_data_with(opts, seed, run_workload);
+}
+
+fn crash_data_with(
+    opts: &[&str],
+    seed: u64,
+    workload: fn(&Fs, &RecordingDevice<MemDevice>) -> Vec<Tracked>,
+) {
     let t = tempfile::tempdir().unwrap();
     let img = t.path().join("base.img");
     mkfs(&img, opts, "32M");
@@ -252,7 +317,7 @@ fn crash_data(opts: &[&str], seed: u64) {
                 }
             })
         };
-        let files = run_workload(&fs, &dev);
+        let files = workload(&fs, &dev);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         committer.join().unwrap();
         // No unmount: the crash comes before it.
@@ -366,4 +431,9 @@ fn data_survives_crashes_without_stale_blocks_4k() {
 #[test]
 fn data_survives_crashes_without_stale_blocks_1k() {
     crash_data(&["-t", "ext4", "-b", "1024", "-O", "^metadata_csum"], 6);
+}
+
+#[test]
+fn data_survives_crashes_amid_concurrent_handles() {
+    crash_data_with(&["-t", "ext4", "-b", "1024"], 7, run_concurrent_workload);
 }

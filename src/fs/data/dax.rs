@@ -271,7 +271,7 @@ impl Fs {
             io.page_mkwrite(ops, offset, offset.saturating_add(slab), write)
         })?;
         if write {
-            self.file_modified(ino, false)?;
+            self.file_modified(ino, d, false)?;
         }
         Ok(())
     }
@@ -299,7 +299,7 @@ impl Fs {
         };
         let room = |own: bool, attempt: u32| self.make_room(ino, d, own, attempt);
         let flush = || self.flush_for_space(ino, d);
-        let mut ops = Ext4Write::for_fault(self.iomap_ops(ino, &room), &inode, &flush);
+        let mut ops = Ext4Write::for_fault(self.iomap_ops(ino, d, &room), &inode, &flush);
         f(&self.file_io(ino, d), &mut ops)
     }
 

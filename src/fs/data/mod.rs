@@ -17,11 +17,13 @@
 //!
 //! Lock order: `InodeData::rw` (i_rwsem: writers, truncate and fallocate exclusive; reads and
 //! writeback planning shared; writeback's device writes and completion run without it, on
-//! blocks marked under writeback in the page map) → `Fs::ns` (the namespace lock, taken only
-//! for a short metadata step: a block-map change or an inode update) → `InodeData::pages`
-//! (never held across device I/O except to read a page in) → the page cache's counters.
-//! Eviction, and writers writing back other files, take other files' `rw` only with `try_*`;
-//! a writer never waits for the flusher while holding its own, so the flusher may block on it.
+//! blocks marked under writeback in the page map) → `ns` (read for the data path's metadata
+//! steps, `Volume::data_step`, and block-map readers, `Volume::map_read`; write for namespace
+//! operations and block-map changes outside the data path) → journal handle →
+//! `InodeData::data_sem` (i_data_sem) → allocator → buffer locks → `InodeData::pages` (never
+//! held across device I/O except to read a page in) → the page cache's counters. Eviction, and
+//! writers writing back other files, take other files' `rw` only with `try_*`; a writer never
+//! waits for the flusher while holding its own, so the flusher may block on it.
 
 mod dax;
 mod read;

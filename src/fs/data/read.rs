@@ -107,7 +107,7 @@ impl Fs {
             let p1 = end.div_ceil(PAGE_SIZE as u64);
             self.writeback_inode(ino, &d, p0, p1)?;
             let v = {
-                let _g = self.ns_read();
+                let _g = self.map_read(&d);
                 let mut inode = self.read_inode(ino)?;
                 inode.size = fsize;
                 self.read_data(ino, &inode, offset, size)?
@@ -134,6 +134,6 @@ impl Fs {
     ) -> Result<bool> {
         let room = |own: bool, attempt: u32| self.make_room(ino, d, own, attempt);
         self.file_io(ino, d)
-            .cache_range(&self.iomap_ops(ino, &room), from, to, fsize)
+            .cache_range(&self.iomap_ops(ino, d, &room), from, to, fsize)
     }
 }

@@ -107,7 +107,7 @@ impl Fs {
     /// then write it back now unless it has no block yet (delayed blocks stay dirty).
     fn zero_partial(&self, ino: Ino, d: &InodeData, pos: u64, len: u64) -> Result<()> {
         let room = |own: bool, attempt: u32| self.make_room(ino, d, own, attempt);
-        let ops = self.iomap_ops(ino, &room);
+        let ops = self.iomap_ops(ino, d, &room);
         if self.file_io(ino, d).zero_partial(&ops, pos, len)? {
             let idx = pos / PAGE_SIZE as u64;
             self.writeback_inode(ino, d, idx, idx + 1)?;
@@ -270,7 +270,7 @@ impl Fs {
         let (first, n) = (offset / bs, len / bs);
         {
             // Blocks allocated past EOF move too: they must stay addressable.
-            let _g = self.ns_read();
+            let _g = self.map_read(d);
             let inode = self.read_inode(ino)?;
             let io = NodeIo::new(self, ino, &inode);
             let mut root = inode.block;
@@ -313,7 +313,7 @@ impl Fs {
         let credits = LEAVES * (crate::ondisk::extent::MAX_DEPTH as usize + 1) + 8;
         let mut range = Some((from.min(u32::MAX as u64) as u32, 1u64 << 32));
         while let Some((lo, hi)) = range {
-            let _g = self.start_handle(credits);
+            let _g = self.ns_write_credits(credits);
             let mut inode = self.read_inode(ino)?;
             let io = NodeIo::new(self, ino, &inode);
             let mut root = inode.block;
@@ -362,13 +362,13 @@ impl Fs {
         let mut l = first;
         while l < end {
             let m = {
-                let _g = self.ns_read();
+                let _g = self.map_read(d);
                 let inode = self.read_inode(ino)?;
                 self.map_block(ino, &inode, l)?
             };
             let run_end = end.min(m.lblk.saturating_add(m.len)).max(l + 1);
             if m.status == Status::Hole {
-                let (_, got) = self.alloc_unwritten(ino, l, run_end - l)?;
+                let (_, got) = self.alloc_unwritten(ino, d, l, run_end - l)?;
                 l += got.min(run_end - l).max(1);
             } else {
                 l = run_end;
@@ -441,7 +441,7 @@ impl Fs {
         let mut at = Some(first.min(u32::MAX as u64) as u32);
         while let Some(start) = at {
             {
-                let _g = self.start_handle(credits);
+                let _g = self.ns_write_credits(credits);
                 let mut inode = self.read_inode(ino)?;
                 let io = NodeIo::new(self, ino, &inode);
                 let mut root = inode.block;

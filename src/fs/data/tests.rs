@@ -28,21 +28,7 @@ impl Rng {
     }
 }
 
-/// mke2fs `opts` on `img` of `size` (e2fsprogs required).
-pub(super) fn mkfs(img: &Path, opts: &[&str], size: &str) {
-    let out = std::process::Command::new("mke2fs")
-        .args(["-q", "-F"])
-        .args(opts)
-        .arg(img)
-        .arg(size)
-        .output()
-        .expect("mke2fs (e2fsprogs) is required");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub(super) use crate::fs::testutil::mkfs_blank as mkfs;
 
 fn mount(img: &Path, cache: u64) -> Fs {
     let dev = crate::blockdev::FileDevice::open(img, false).unwrap();

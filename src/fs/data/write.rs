@@ -115,13 +115,14 @@ impl Fs {
         let map = Ext4Iomap {
             vol: self,
             ino,
+            d,
             room: &room,
         };
         let mut ops = Ext4Write::new(map, &inode, &flush);
         let done = self
             .file_io(ino, d)
             .buffered_write(&mut ops, offset, len, src)?;
-        self.file_modified(ino, flags_ & KILL_SUIDGID != 0)?;
+        self.file_modified(ino, d, flags_ & KILL_SUIDGID != 0)?;
         Ok(done as u32)
     }
 
@@ -140,7 +141,7 @@ impl Fs {
         kill_suid: bool,
     ) -> Result<Option<u32>> {
         let end = offset + len;
-        let _g = self.ns_write();
+        let _g = self.inline_step(ino, d)?;
         let mut inode = self.read_inode(ino)?;
         let Some(room) = self.max_inline_xattr(ino, &inode)? else {
             return Ok(None);
@@ -186,7 +187,7 @@ impl Fs {
     /// block (written at once, before the map that points to it commits) and return the inode
     /// as it is now.
     pub(super) fn inline_to_blocks(&self, ino: Ino, d: &InodeData) -> Result<Inode> {
-        let _g = self.ns_write();
+        let _g = self.inline_step(ino, d)?;
         let mut inode = self.read_inode(ino)?;
         if !inode.has_flag(flags::INLINE_DATA) {
             return Ok(inode);
@@ -211,8 +212,8 @@ impl Fs {
 
     /// mtime and ctime move, suid (and sgid with group-exec) go when asked — the inode update of
     /// a write, in a short handle.
-    pub(super) fn file_modified(&self, ino: Ino, kill_suid: bool) -> Result<()> {
-        let _g = self.ns_write();
+    pub(super) fn file_modified(&self, ino: Ino, d: &InodeData, kill_suid: bool) -> Result<()> {
+        let _g = self.data_step(d);
         let mut i = self.read_inode(ino)?;
         modified(&mut i, kill_suid);
         self.store_inode(ino, &i)
@@ -261,7 +262,7 @@ impl Fs {
         take: impl FnMut(&mut crate::pagecache::Mapping) -> std::result::Result<T, NoSlab>,
     ) -> Result<T> {
         let room = |own: bool, attempt: u32| self.make_room(ino, d, own, attempt);
-        let ops = self.iomap_ops(ino, &room);
+        let ops = self.iomap_ops(ino, d, &room);
         self.file_io(ino, d).with_room(&ops, why, take)
     }
 
@@ -269,11 +270,13 @@ impl Fs {
     pub(in crate::fs) fn iomap_ops<'a>(
         &'a self,
         ino: Ino,
+        d: &'a InodeData,
         room: &'a dyn Fn(bool, u32) -> Result<()>,
     ) -> Ext4Iomap<'a> {
         Ext4Iomap {
             vol: self,
             ino,
+            d,
             room,
         }
     }
