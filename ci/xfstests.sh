@@ -14,8 +14,11 @@
 # the guest list below (--group generic/quick runs the whole group).
 #
 # Usage: sudo bash ci/xfstests.sh [--fstests DIR|TARBALL] [--workdir DIR] [--tests "generic/001 ..."]
-#            [--group GROUP] [--image-size SIZE] [--test-timeout SECS] [--timeout SECS]
-#            [--daemon PATH] [--mode host|guest] [--smp N] [--mem SIZE] [--build-only]
+#            [--group GROUP] [--image-size SIZE] [--mkfs-options "OPTS"] [--test-timeout SECS]
+#            [--timeout SECS] [--daemon PATH] [--mode host|guest] [--smp N] [--mem SIZE]
+#            [--build-only]
+#
+# --mkfs-options passes more options to mke2fs for both images (e.g. "-I 256 -O inline_data").
 #
 # Output (in the work dir): results.tsv (test, result, seconds, class, reason), the fstests results
 # directory, the daemons' logs, and one summary line on stdout.
@@ -27,6 +30,7 @@ workdir=/tmp/vhe-xfstests
 tests=""
 group="generic/quick"
 image_size=2G
+mkfs_options=""
 test_timeout=600
 total_timeout=14400
 daemon=""
@@ -47,7 +51,7 @@ guest_tests="
     generic/221 generic/228 generic/236 generic/237 generic/246 generic/247 generic/248 generic/257
     generic/263 generic/314 generic/319 generic/375 generic/377 generic/403 generic/469"
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 fail() { echo "ci/xfstests.sh: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -59,6 +63,7 @@ while [ $# -gt 0 ]; do
         --smp) smp=$2; shift ;;
         --mem) mem=$2; shift ;;
         --image-size) image_size=$2; shift ;;
+        --mkfs-options) mkfs_options=$2; shift ;;
         --test-timeout) test_timeout=$2; shift ;;
         --timeout) total_timeout=$2; shift ;;
         --daemon) daemon=$2; shift ;;
@@ -196,7 +201,8 @@ for img in "$test_img" "$scratch_img"; do
     [ -e "$img" ] && timeout 120 flock "$img" true
     rm -f "$img"
     truncate -s "$image_size" "$img"
-    mke2fs -q -F -t ext4 "$img"
+    # shellcheck disable=SC2086
+    mke2fs -q -F -t ext4 $mkfs_options "$img"
 done
 : >"$fsck_log"
 

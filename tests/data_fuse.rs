@@ -387,3 +387,91 @@ fn fsx_4k_journal_writeback_cache() {
         &["--writeback-cache"],
     );
 }
+
+#[test]
+fn fsx_4k_inline_data() {
+    run(
+        "4k-inline-data",
+        &["-t", "ext4", "-b", "4096", "-I", "256", "-O", "inline_data"],
+        true,
+        6,
+        2500,
+        &[],
+    );
+}
+
+/// Small files written through the mount on an inline_data image land in their inodes as the
+/// kernel's ext4 puts them (up to 128 bytes in a 256-byte inode), appends move out when they
+/// outgrow it; e2fsck is clean and the kernel reads every file back.
+#[test]
+fn small_files_written_through_the_mount_go_inline() {
+    require_root_and_tools();
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("img");
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-I", "256", "-O", "inline_data"])
+        .arg(&img)
+        .arg("32M")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mnt = t.path().join("mnt");
+    let m = Mount::start(&img, &mnt, &[]);
+    let mut rng = Rng::new(7);
+    let mut files = Vec::new();
+    for n in [0usize, 1, 59, 60, 61, 127, 128, 129, 200, 3000] {
+        let mut data = vec![0u8; n];
+        rng.fill(&mut data);
+        std::fs::write(mnt.join(format!("f{n}")), &data).unwrap();
+        files.push((format!("f{n}"), data, (1..=128).contains(&n)));
+    }
+    // O_APPEND in pieces of 20 bytes: 120 fit the inode, 140 do not.
+    for pieces in [6, 7] {
+        let name = format!("app{}", pieces * 20);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(mnt.join(&name))
+            .unwrap();
+        let mut all = Vec::new();
+        for _ in 0..pieces {
+            let mut piece = vec![0u8; 20];
+            rng.fill(&mut piece);
+            std::io::Write::write_all(&mut f, &piece).unwrap();
+            all.extend_from_slice(&piece);
+        }
+        files.push((name, all, pieces * 20 <= 128));
+    }
+    for (name, data, _) in &files {
+        assert_eq!(&std::fs::read(mnt.join(name)).unwrap(), data, "{name}");
+    }
+    let stderr = m.unmount();
+    assert!(
+        !stderr.contains("ERROR"),
+        "the daemon logged errors:\n{stderr}"
+    );
+    assert_fsck_clean(&img);
+    for (name, _, inline) in &files {
+        let stat = debugfs(&img, &format!("stat /{name}"));
+        let flags = stat
+            .split("Flags: 0x")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| panic!("{name}: no flags in {stat}"));
+        assert_eq!(
+            flags & 0x1000_0000 != 0,
+            *inline,
+            "{name}: flags {flags:#x}"
+        );
+    }
+    let k = KernelMount::start(&img, &t.path().join("kmnt"));
+    for (name, data, _) in &files {
+        assert_eq!(
+            &std::fs::read(k.dir.join(name)).unwrap(),
+            data,
+            "kernel: {name}"
+        );
+    }
+    k.unmount();
+}

@@ -12,6 +12,14 @@
 //! Truncating down shortens it in place; growing it moves the data to block 0 of an extent (or
 //! block-mapped) file, as the kernel does on any size increase.
 //!
+//! A new regular file on an inline_data file system starts "may inline" (the kernel's
+//! EXT4_STATE_MAY_INLINE_DATA, kept in the in-core inode table): while that holds and the file
+//! maps no block and has nothing in the page cache, a write whose result fits the inode makes it
+//! inline (`EXTENTS` cleared, `INLINE_DATA` set, an empty or short `system.data`). The first write
+//! that does not fit, fallocate, a DAX mapping and any move to a block end the state for good: a
+//! file that had blocks never becomes inline again. An inode read back later (after the client
+//! forgot it) starts without the state, as the kernel's iget sets it only on inline files.
+//!
 //! Every change is made to the in-core inode (`i_block`, and the in-inode xattr area in
 //! `inode.raw`); the caller stores the inode, which refreshes its checksum.
 //!
@@ -22,6 +30,7 @@
 //! namespace write lock, as for setxattr.
 
 use super::Fs;
+use super::data::InodeData;
 use super::types::Ino;
 use crate::errno::{Errno, Result};
 use crate::extent::ExtentTree;
@@ -298,6 +307,46 @@ impl Fs {
         self.inline_put(dir, dinode, r, bytes)
     }
 
+    /// A new regular file: let its first writes go inline when the file system has inline data
+    /// (`__ext4_new_inode`). The caller holds the inode in core (its lookup reference).
+    pub(super) fn mark_may_inline(&self, ino: Ino, inode: &Inode) {
+        if inode.is_reg() && self.sb.has_incompat(incompat::INLINE_DATA) {
+            self.inodes.set_may_inline(ino, true);
+        }
+    }
+
+    /// `ino` will never go inline: its data is going to (or may) live in blocks.
+    pub(super) fn end_may_inline(&self, ino: Ino) {
+        self.inodes.set_may_inline(ino, false);
+    }
+
+    /// May a write now put the data of `ino` (not inline yet) into its inode? Only while the
+    /// file is "may inline", maps no block and has no page (a cached page would outlive the
+    /// move into the inode). The caller holds the file's rw lock.
+    pub(super) fn may_start_inline(&self, ino: Ino, d: &InodeData, inode: &Inode) -> bool {
+        if !self.inodes.may_inline(ino) || !inode.is_reg() || inode.has_flag(flags::INLINE_DATA) {
+            return false;
+        }
+        let maps_nothing = if inode.has_flag(flags::EXTENTS) {
+            // eh_entries of the root: an empty tree.
+            u16_at(&inode.block, 2) == 0
+        } else {
+            inode.block.iter().all(|&b| b == 0)
+        };
+        let m = d.pages();
+        maps_nothing && m.resident_pages() == 0 && m.pinned_chunks() == 0
+    }
+
+    /// Turn regular file `ino`, which maps nothing, into an inline-data file holding nothing yet
+    /// (`ext4_create_inline_data`): the caller sets `system.data` and the size.
+    pub(super) fn start_inline_file(&self, ino: Ino, inode: &mut Inode) {
+        inode.flags &= !flags::EXTENTS;
+        inode.flags |= flags::INLINE_DATA;
+        inode.block = [0; I_BLOCK_LEN];
+        // i_block now holds data, not a block map.
+        self.es.forget_mapped(ino);
+    }
+
     /// Change the size of inline regular file `ino`: shrink the data in place
     /// (ext4_inline_data_truncate), or, growing, move it to block 0 of an ordinary file whose
     /// rest reads as a hole. Sets `inode.size`.
@@ -369,8 +418,9 @@ impl Fs {
             return Err(e);
         }
         n.size = size;
-        // A block map replaces the inline data (possibly without a block yet).
+        // A block map replaces the inline data (possibly without a block yet), for good.
         self.es.forget_mapped(ino);
+        self.end_may_inline(ino);
         *inode = n;
         Ok(())
     }

@@ -608,3 +608,189 @@ fn corrupt_inline_dirs_and_files_are_euclean() {
         fs.shutdown().unwrap();
     }
 }
+
+/// The most data a new file keeps inline in a 256-byte inode with 32 extra bytes and no other
+/// attribute: 60 bytes of `i_block` and a `system.data` value of 68 (96 bytes of attribute
+/// space less the magic, the "data" entry and the terminator) — where the kernel's ext4 stops.
+const NEW_FILE_INLINE_MAX: usize = 128;
+
+fn write_all(fs: &Fs, ino: Ino, offset: u64, data: &[u8]) {
+    assert_eq!(fs.write(ino, offset, data, 0).unwrap() as usize, data.len());
+}
+
+/// New files are written inline as the kernel writes them: every size from 1 to 128 bytes in
+/// the inode (`EXTENTS` cleared), empty files and larger ones in blocks; appends stay inline
+/// until they outgrow the inode and then stay in blocks; a hole before the first write, a size
+/// set before it, truncation, fallocate (before or after inline data), O_TMPFILE and an inode
+/// read afresh behave as in the kernel.
+#[test]
+fn new_files_are_written_inline_while_they_fit() {
+    let t = tempfile::tempdir().unwrap();
+    for (tag, extra) in CONFIGS {
+        let img = image(t.path(), tag, extra);
+        let fs = mount_rw(&img);
+        let mut expect = initial_tree();
+        let inline = |ino: Ino| fs.read_inode(ino).unwrap().has_flag(flags::INLINE_DATA);
+        let dir = fs.mkdir(ROOT_INO, b"new", 0o755, &ctx()).unwrap().ino;
+        expect.insert("new".into(), "d".into());
+        let mut sizes: Vec<usize> = (0..=200).collect();
+        sizes.extend([1000, 4096, 5000, 12295]);
+        for &n in &sizes {
+            let name = format!("f{n}");
+            let ino = mkfile(&fs, dir, &name);
+            let data = pattern(n, n as u8);
+            if n > 0 {
+                write_all(&fs, ino, 0, &data);
+            }
+            let want = (1..=NEW_FILE_INLINE_MAX).contains(&n);
+            assert_eq!(inline(ino), want, "{tag}: {name}");
+            if want {
+                let blocks = fs.read_inode(ino).unwrap().blocks_raw;
+                assert_eq!(blocks, 0, "{tag}: {name}: an inline file with blocks");
+            }
+            expect.insert(format!("new/{name}"), describe(&data));
+        }
+        // Appends (an O_APPEND client writes at the size): inline up to 120 bytes, blocks from
+        // 140 on, and a truncation back to a few bytes does not bring the data back.
+        let app = mkfile(&fs, dir, "appended");
+        let mut v = Vec::new();
+        while v.len() < 300 {
+            let piece = pattern(20, v.len() as u8);
+            write_all(&fs, app, fs.getattr(app).unwrap().size, &piece);
+            v.extend_from_slice(&piece);
+            let want = v.len() <= NEW_FILE_INLINE_MAX;
+            assert_eq!(inline(app), want, "{tag}: appended up to {}", v.len());
+        }
+        truncate(&fs, app, 10);
+        v.truncate(10);
+        write_all(&fs, app, 10, b"more");
+        v.extend_from_slice(b"more");
+        assert!(!inline(app), "{tag}: a file that had blocks went inline");
+        expect.insert("new/appended".into(), describe(&v));
+        // A first write past a hole: the hole is zeros in the inode.
+        let hole = mkfile(&fs, dir, "hole");
+        write_all(&fs, hole, 100, b"0123456789");
+        assert!(inline(hole), "{tag}");
+        let mut v = vec![0u8; 100];
+        v.extend_from_slice(b"0123456789");
+        expect.insert("new/hole".into(), describe(&v));
+        // A size set before the first write: the write decides, as in the kernel, and a size
+        // past the stored bytes reads as zeros.
+        let mut up = Vec::new();
+        for (name, size) in [("up50", 50u64), ("up5000", 5000)] {
+            let ino = mkfile(&fs, dir, name);
+            truncate(&fs, ino, size);
+            write_all(&fs, ino, 0, b"zzzzzzzzzz");
+            assert!(inline(ino), "{tag}: {name}");
+            let mut v = b"zzzzzzzzzz".to_vec();
+            v.resize(size as usize, 0);
+            assert_eq!(fs.read(ino, 0, 0, 8192).unwrap(), v, "{tag}: {name}");
+            expect.insert(format!("new/{name}"), describe(&v));
+            up.push(ino);
+        }
+        // ...and a size set first, then a write past the inode: blocks.
+        let upbig = mkfile(&fs, dir, "upbig");
+        truncate(&fs, upbig, 50);
+        write_all(&fs, upbig, 100, &pattern(100, 9));
+        assert!(!inline(upbig), "{tag}");
+        let mut v = vec![0u8; 100];
+        v.extend_from_slice(&pattern(100, 9));
+        expect.insert("new/upbig".into(), describe(&v));
+        // An inline file shrinks in place and takes more writes inline.
+        let f100 = lookup(&fs, dir, "f100");
+        truncate(&fs, f100, 30);
+        write_all(&fs, f100, 30, b"again");
+        let mut v = pattern(100, 100)[..30].to_vec();
+        v.extend_from_slice(b"again");
+        assert!(inline(f100), "{tag}");
+        expect.insert("new/f100".into(), describe(&v));
+        // fallocate ends the state (ext4_fallocate converts first): small writes go to blocks.
+        let fal = mkfile(&fs, dir, "fallocated");
+        fs.fallocate(fal, 0, 10, 0).unwrap();
+        write_all(&fs, fal, 0, b"0123456789");
+        assert!(!inline(fal), "{tag}");
+        expect.insert("new/fallocated".into(), describe(b"0123456789"));
+        // fallocate on an inline file moves its data to a block first, as the kernel does.
+        let f60 = lookup(&fs, dir, "f60");
+        fs.fallocate(f60, 0, 8192, libc::FALLOC_FL_KEEP_SIZE as u32)
+            .unwrap();
+        assert!(!inline(f60), "{tag}");
+        let f50 = lookup(&fs, dir, "f50");
+        let punch = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32;
+        fs.fallocate(f50, 10, 20, punch).unwrap();
+        assert!(!inline(f50), "{tag}");
+        let mut v = pattern(50, 50);
+        v[10..30].fill(0);
+        assert_eq!(fs.read(f50, 0, 0, 100).unwrap(), v, "{tag}");
+        expect.insert("new/f50".into(), describe(&v));
+        // Forgotten by the client and looked up again: read afresh, it starts without the state
+        // (the kernel's iget sets it only on inline files).
+        let again = mkfile(&fs, dir, "forgotten");
+        fs.forget(again, 1);
+        let again = lookup(&fs, dir, "forgotten");
+        write_all(&fs, again, 0, b"0123456789");
+        assert!(!inline(again), "{tag}");
+        expect.insert("new/forgotten".into(), describe(b"0123456789"));
+        // O_TMPFILE is a new file too.
+        let tmp = fs.tmpfile(dir, 0o644, &ctx()).unwrap().ino;
+        write_all(&fs, tmp, 0, &pattern(90, 7));
+        assert!(inline(tmp), "{tag}");
+        fs.link(tmp, dir, b"tmp").unwrap();
+        expect.insert("new/tmp".into(), describe(&pattern(90, 7)));
+        finish(fs, &img, &expect, tag);
+        for (p, want) in [
+            ("/new/f0", false),
+            ("/new/f1", true),
+            ("/new/f60", false),
+            ("/new/f61", true),
+            ("/new/f128", true),
+            ("/new/f129", false),
+            ("/new/f5000", false),
+            ("/new/appended", false),
+            ("/new/hole", true),
+            ("/new/up5000", true),
+            ("/new/tmp", true),
+        ] {
+            let f = debugfs_flags(&img, p);
+            assert_eq!(f & flags::INLINE_DATA != 0, want, "{tag}: {p}");
+            assert_eq!(f & flags::EXTENTS != 0, !want, "{tag}: {p}");
+        }
+    }
+}
+
+/// Map the first page of `ino` into a window (read-only) and let go of it.
+fn map_and_unmap(fs: &Fs, ino: Ino) {
+    let mut pin = None;
+    fs.dax_pin(ino, 0, 4096, false, |p| {
+        pin = Some(p);
+        Ok(())
+    })
+    .unwrap();
+    fs.dax_unpin(pin.unwrap());
+}
+
+/// A DAX window mapping of a new file moves its inline data to a block (the window maps the page
+/// cache) and ends its inline state: later small writes go through the cache.
+#[test]
+fn a_window_mapping_moves_a_new_inline_file_to_a_block() {
+    let t = tempfile::tempdir().unwrap();
+    let (tag, extra) = CONFIGS[0];
+    let img = image(t.path(), tag, extra);
+    let fs = mount_rw(&img);
+    let inline = |ino: Ino| fs.read_inode(ino).unwrap().has_flag(flags::INLINE_DATA);
+    let mapped = mkfile(&fs, ROOT_INO, "mapped");
+    write_all(&fs, mapped, 0, b"inline before the mapping");
+    assert!(inline(mapped));
+    map_and_unmap(&fs, mapped);
+    assert!(!inline(mapped), "a mapped file kept inline data");
+    write_all(&fs, mapped, 0, b"INLINE");
+    assert!(!inline(mapped), "a mapped file went inline again");
+    let fresh = mkfile(&fs, ROOT_INO, "fresh");
+    map_and_unmap(&fs, fresh);
+    write_all(&fs, fresh, 0, b"small");
+    assert!(!inline(fresh), "a mapped new file went inline");
+    let mut expect = initial_tree();
+    expect.insert("mapped".into(), describe(b"INLINE before the mapping"));
+    expect.insert("fresh".into(), describe(b"small"));
+    finish(fs, &img, &expect, tag);
+}

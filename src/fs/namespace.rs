@@ -215,6 +215,7 @@ impl Fs {
         self.store_inode(parent, &pdir)?;
         self.commit_if_large()?;
         self.count_lookup(ino);
+        self.mark_may_inline(ino, &i);
         Ok(self.attr_of(ino, &i))
     }
 
@@ -227,6 +228,7 @@ impl Fs {
         let (ino, mut i) = self.new_inode(parent, &pdir, (mode & 0o7777) | inode::S_IFREG, ctx)?;
         i.links_count = 0;
         self.count_lookup(ino);
+        self.mark_may_inline(ino, &i);
         self.inodes.set_linkable(ino, true);
         self.inodes.set_orphan(ino, true);
         if let Err(e) = self.orphan_add(ino, &mut i) {

@@ -1,7 +1,8 @@
 //! The in-core inode table: one object per inode the mount holds anything for — the FUSE
 //! client's lookup references, whether it is an orphan still referenced (freed at the last
 //! forget) or an O_TMPFILE that `link` may still name, its back link on the on-disk orphan
-//! list, and, for a regular file with cached data, its page-cache side (`InodeData`: i_rwsem,
+//! list, whether a new file's first writes may still go inline, and, for a regular file with
+//! cached data, its page-cache side (`InodeData`: i_rwsem,
 //! page map, i_size beside i_disksize, the writeback error fsync has not reported yet). Reading
 //! an inode overlays i_size from here; storing one writes i_disksize.
 //!
@@ -27,6 +28,11 @@ struct InCore {
     orphan_prev: Option<Ino>,
     /// A regular file's page-cache side, while it has one.
     data: Option<Arc<InodeData>>,
+    /// A new regular file on an inline_data file system whose first writes may still go into
+    /// the inode (the kernel's EXT4_STATE_MAY_INLINE_DATA). Like that state it lives only as
+    /// long as the in-core inode: it does not keep the entry, and an inode read again later
+    /// starts without it.
+    may_inline: bool,
 }
 
 impl InCore {
@@ -206,6 +212,20 @@ impl InodeTable {
         t.update(ino, |e| std::mem::replace(&mut e.linkable, on))
     }
 
+    /// Let the first writes of new regular file `ino` go inline (or no longer). Setting needs
+    /// an entry held for something else (the creator's lookup reference).
+    pub fn set_may_inline(&self, ino: Ino, on: bool) {
+        let mut t = self.table();
+        if t.map.contains_key(&ino) {
+            t.update(ino, |e| e.may_inline = on);
+        }
+    }
+
+    /// May a write still put `ino`'s data inline?
+    pub fn may_inline(&self, ino: Ino) -> bool {
+        self.table().map.get(&ino).is_some_and(|e| e.may_inline)
+    }
+
     /// Is `ino` an unnamed O_TMPFILE?
     pub fn is_linkable(&self, ino: Ino) -> bool {
         self.table().map.get(&ino).is_some_and(|e| e.linkable)
@@ -257,6 +277,27 @@ mod tests {
         assert_eq!(t.lookup_count(7), 1, "the lookup outlives the data");
         t.forget(7, 1);
         assert!(t.table().map.is_empty());
+    }
+
+    #[test]
+    fn may_inline_lives_with_the_entry_and_does_not_hold_it() {
+        let t = InodeTable::default();
+        t.set_may_inline(4, true);
+        assert!(!t.may_inline(4), "no entry to carry it");
+        assert!(t.table().map.is_empty());
+        t.add_lookup(4);
+        t.set_may_inline(4, true);
+        assert!(t.may_inline(4));
+        t.set_may_inline(4, false);
+        assert!(!t.may_inline(4));
+        t.set_may_inline(4, true);
+        assert!(t.forget(4, 1));
+        assert!(
+            t.table().map.is_empty(),
+            "the state does not keep the inode in core"
+        );
+        t.add_lookup(4);
+        assert!(!t.may_inline(4), "read again, the inode starts without it");
     }
 
     #[test]

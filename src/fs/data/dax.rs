@@ -198,6 +198,8 @@ impl Fs {
             }
             inode = self.inline_to_blocks(ino, &d)?;
         }
+        // A mapped file's data lives in the page cache: a new file does not go inline later.
+        self.end_may_inline(ino);
         // Pinned read-only until the reservations are made: a writeback meanwhile must not
         // count the chunk's pages as dirty before their blocks are reserved.
         let mut slab = self.pin_chunk(ino, &d, c, false)?;

@@ -156,14 +156,19 @@ impl Fs {
         if self.block_size as usize > PAGE_SIZE {
             return Err(Errno::EOPNOTSUPP);
         }
+        // As ext4_fallocate does first: inline data moves to a block, and a new file's first
+        // writes no longer go inline.
+        self.end_may_inline(ino);
+        let inode = if inode.has_flag(flags::INLINE_DATA) {
+            self.inline_to_blocks(ino, &d)?
+        } else {
+            inode
+        };
         if mode & FALLOC_FL_PUNCH_HOLE != 0 {
-            if inode.has_flag(flags::INLINE_DATA) {
-                return Err(Errno::EOPNOTSUPP);
-            }
             self.punch(ino, &d, offset, len, inode.has_flag(flags::EXTENTS))?;
             return self.touch_times(ino, true);
         }
-        if !inode.has_flag(flags::EXTENTS) || inode.has_flag(flags::INLINE_DATA) {
+        if !inode.has_flag(flags::EXTENTS) {
             return Err(Errno::EOPNOTSUPP);
         }
         match mode & !FALLOC_FL_KEEP_SIZE {

@@ -88,13 +88,17 @@ impl Fs {
             return Ok(0);
         }
         let len = (src.len() as u64).min(max - offset);
-        if inode.has_flag(flags::INLINE_DATA)
+        // Inline while the data fits the inode: files that are inline, and new files whose
+        // first writes may make them so. Otherwise the data goes to blocks, for good.
+        let inline = inode.has_flag(flags::INLINE_DATA);
+        if (inline || self.may_start_inline(ino, d, &inode))
             && let Some(n) =
                 self.inline_write(ino, d, offset, len, src, flags_ & KILL_SUIDGID != 0)?
         {
             return Ok(n);
         }
-        let inode = if inode.has_flag(flags::INLINE_DATA) {
+        self.end_may_inline(ino);
+        let inode = if inline {
             self.inline_to_blocks(ino, d)?
         } else {
             inode
@@ -119,10 +123,11 @@ impl Fs {
         Ok(done as u32)
     }
 
-    /// Write into an inline-data file while the result still fits the inode (`i_block` and the
-    /// `system.data` attribute), as the kernel keeps small files inline: one handle, no page
-    /// cache. `None` when it would not fit (the caller moves the data to a block); `src` is
-    /// consumed only when it fits.
+    /// Write into an inline-data file — or a new file that may become one — while the result
+    /// still fits the inode (`i_block` and the `system.data` attribute), as the kernel keeps
+    /// small files inline: one handle, no page cache, i_disksize moves with i_size. `None` when
+    /// it would not fit (the caller moves the data to a block); `src` is consumed only when it
+    /// fits.
     fn inline_write(
         &self,
         ino: Ino,
@@ -138,17 +143,33 @@ impl Fs {
         let Some(room) = self.max_inline_xattr(ino, &inode)? else {
             return Ok(None);
         };
+        // As the kernel judges it: the written range must fit; a size past the stored bytes
+        // (a file truncated up) reads as zeros there.
         if end > (I_BLOCK_LEN + room) as u64 {
             return Ok(None);
         }
         let size = inode.size.max(end);
-        let mut content = self.inline_data(ino, &inode)?;
-        content.resize(size as usize, 0);
+        let was_inline = inode.has_flag(flags::INLINE_DATA);
+        let mut content = if was_inline {
+            self.inline_data(ino, &inode)?
+        } else {
+            // A new file (holding nothing, or a hole up to its size) becomes inline.
+            self.start_inline_file(ino, &mut inode);
+            Vec::new()
+        };
+        if content.len() < end as usize {
+            content.resize(end as usize, 0);
+        }
         src.copy_to(&mut content[offset as usize..end as usize]);
         let head = content.len().min(I_BLOCK_LEN);
         inode.block[..head].copy_from_slice(&content[..head]);
         let tail = content.get(I_BLOCK_LEN..).unwrap_or(&[]).to_vec();
-        self.set_system_data(ino, &mut inode, Some(tail))?;
+        match self.set_system_data(ino, &mut inode, Some(tail)) {
+            Ok(()) => {}
+            // The other attributes left no room after all: the new file takes blocks instead.
+            Err(Errno::ENOSPC) if !was_inline => return Ok(None),
+            Err(e) => return Err(e),
+        }
         *d.sizes() = super::Sizes {
             size,
             disksize: size,
