@@ -47,7 +47,7 @@ fn main() {
         String::from_utf8_lossy(&out.stderr)
     );
     let dev = FileDevice::open(&img, false).expect("opening the image");
-    let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only: false }).expect("mounting");
+    let fs = Fs::mount(Arc::new(dev), &MountOptions::rw()).expect("mounting");
     let c = Ctx {
         uid: 0,
         gid: 0,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use vhost_ext4::blockdev::{FileDevice, ImageIo};
-use vhost_ext4::fs::{AtimePolicy, Fs, MountOptions};
+use vhost_ext4::fs::{AtimePolicy, DataErr, Fs, MountOptions, OnError};
 use vhost_ext4::fuse::{self, DispatchOptions, Dispatcher, MountConfig, Transport};
 
 #[derive(Parser)]
@@ -79,6 +79,14 @@ enum Command {
         /// 2 MiB, at most four times --cache-size; 0 turns it off.
         #[arg(long, default_value = "512M", value_parser = vhost_ext4::pagecache::parse_size)]
         dax_window: u64,
+        /// What finding corrupt metadata does: continue, remount-ro or panic (served as
+        /// remount-ro); default: the image's own setting (tune2fs -e).
+        #[arg(long, value_name = "POLICY")]
+        errors: Option<OnError>,
+        /// What a failed write of file data does: ignore (log it; the file's next fsync answers
+        /// EIO) or abort (also abort the journal: the file system turns read-only).
+        #[arg(long, value_name = "POLICY", default_value = "ignore")]
+        data_err: DataErr,
     },
     /// Export IMAGE to a VM as a vhost-user-blk device (the guest runs its own ext4).
     Blk {
@@ -102,7 +110,8 @@ enum Command {
         read_only: bool,
         /// mount(8)-style options, comma-separated, with the kernel's meaning: ro, rw, noatime,
         /// relatime, strictatime, nodiratime, lazytime, dev/nodev, suid/nosuid, exec/noexec,
-        /// sync, dirsync, fsname=NAME, subtype=NAME (empty: the type is plain `fuse`).
+        /// sync, dirsync, fsname=NAME, subtype=NAME (empty: the type is plain `fuse`), and
+        /// ext4's errors=continue|remount-ro|panic and data_err=ignore|abort.
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Worker threads reading /dev/fuse (default: CPUs, at most 8).
@@ -228,8 +237,9 @@ fn run_mount(
     data: DataArgs,
 ) -> Result<(), String> {
     let mut cfg = MountConfig::new(image.to_string_lossy(), read_only);
+    let mut fs_opts = MountOptions::rw();
     for o in options {
-        fuse::options::apply(&mut cfg, o)?;
+        fuse::options::apply(&mut cfg, &mut fs_opts, o)?;
     }
     if read_only {
         cfg.flags |= libc::MS_RDONLY;
@@ -239,7 +249,8 @@ fn run_mount(
     let sigset = block_signals();
     let dev = FileDevice::open_with(image, read_only, data.image_io)
         .map_err(|e| sentence(&e.to_string()))?;
-    let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, data.cache_size)
+    fs_opts.read_only = read_only;
+    let fs = Fs::mount_with_cache(Arc::new(dev), &fs_opts, data.cache_size)
         .map_err(|e| format!("cannot mount image {}: {}", image.display(), sentence(&e)))?;
     let fs = Arc::new(fs);
     // noatime, relatime (the default) or strictatime, and nodiratime: reads move atime here.
@@ -298,6 +309,8 @@ fn main() -> ExitCode {
             atime,
             nodiratime,
             dax_window,
+            errors,
+            data_err,
         } => {
             init_logging(&b.log_level);
             let mut flags = match atime.as_str() {
@@ -322,6 +335,8 @@ fn main() -> ExitCode {
                 writeback_cache,
                 image_io: b.image_io,
                 atime: AtimePolicy::from_mount_flags(flags),
+                errors,
+                data_err,
             })
         }
         Command::Blk {

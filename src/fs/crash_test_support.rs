@@ -66,7 +66,7 @@ impl Fs {
 pub(super) fn replay_in_memory(image: Vec<u8>) -> std::result::Result<Fs, String> {
     let fs = Fs::mount(
         Arc::new(crate::blockdev::MemDevice::from_vec(image)),
-        &MountOptions { read_only: false },
+        &MountOptions::rw(),
     )
     .map_err(|e| format!("our mount (and replay) failed: {e}"))?;
     if fs.is_read_only() {

@@ -112,7 +112,7 @@ fn run_workload(kind: Workload, dev: Arc<RecordingDevice<MemDevice>>, m: Mutatio
 
 /// Mount writable, with a test-only fault in the journal's write protocol (or none).
 fn mount_mutated(dev: &Arc<RecordingDevice<MemDevice>>, m: Mutation) -> Fs {
-    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    let fs = Fs::mount(dev.clone(), &MountOptions::rw()).unwrap();
     if let Some(j) = &fs.journal {
         j.set_mutation(m);
     }
@@ -274,7 +274,7 @@ fn needs_replay(image: &[u8]) -> bool {
         return false;
     }
     let dev = Arc::new(MemDevice::from_vec(image.to_vec()));
-    let fs = Fs::mount(dev, &MountOptions { read_only: true });
+    let fs = Fs::mount(dev, &MountOptions::ro());
     // Our mount refuses exactly the images whose log must be replayed.
     matches!(fs, Err(e) if e.contains("needs recovery"))
 }
@@ -707,7 +707,7 @@ fn a_failing_disk_aborts_to_read_only_without_damage() {
     let t = tempfile::tempdir().unwrap();
     let (_, base) = empty_image(t.path(), &["-t", "ext4", "-b", "4096"]);
     let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));
-    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    let fs = Fs::mount(dev.clone(), &MountOptions::rw()).unwrap();
     fs.mkdir(ROOT_INO, b"kept", 0o755, &ctx()).unwrap();
     fs.sync().unwrap();
     let durable = dev.events().len();
@@ -751,11 +751,8 @@ fn a_failing_disk_aborts_to_read_only_without_damage() {
 /// Mount a crash image writable with our engine (replaying the journal and cleaning orphans),
 /// unmount cleanly; e2fsck must then be satisfied.
 fn our_replay(image: Vec<u8>, path: &Path) -> Fs {
-    let fs = Fs::mount(
-        Arc::new(MemDevice::from_vec(image)),
-        &MountOptions { read_only: false },
-    )
-    .unwrap_or_else(|e| panic!("our mount of a crash image failed: {e}"));
+    let fs = Fs::mount(Arc::new(MemDevice::from_vec(image)), &MountOptions::rw())
+        .unwrap_or_else(|e| panic!("our mount of a crash image failed: {e}"));
     fs.shutdown().unwrap();
     std::fs::write(path, fs.dev_snapshot()).unwrap();
     fs
@@ -794,7 +791,7 @@ fn our_mount_replays_the_journal_and_cleans_orphans() {
     assert!(ours >= 3, "only {ours} cuts needed a replay");
     // An open-unlinked file whose daemon died: the orphan list brings it back at the next mount.
     let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));
-    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    let fs = Fs::mount(dev.clone(), &MountOptions::rw()).unwrap();
     let f = fs
         .mknod(ROOT_INO, b"held", libc::S_IFREG | 0o644, 0, &ctx())
         .unwrap();
@@ -824,7 +821,7 @@ fn revoked_blocks_are_not_replayed_over_their_new_contents() {
     let t = tempfile::tempdir().unwrap();
     let (_, base) = empty_image(t.path(), &["-t", "ext4", "-b", "4096"]);
     let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));
-    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    let fs = Fs::mount(dev.clone(), &MountOptions::rw()).unwrap();
     fs.mkdir(ROOT_INO, b"kept", 0o755, &ctx()).unwrap();
     let d = fs.mkdir(ROOT_INO, b"gone", 0o755, &ctx()).unwrap();
     fs.sync().unwrap(); // logs the directory's block
@@ -878,7 +875,7 @@ fn use_after_an_unmount_is_journaled_and_replayed() {
     let t = tempfile::tempdir().unwrap();
     let (_, base) = empty_image(t.path(), &["-t", "ext4", "-b", "4096"]);
     let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));
-    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    let fs = Fs::mount(dev.clone(), &MountOptions::rw()).unwrap();
     fs.mkdir(ROOT_INO, b"first", 0o755, &ctx()).unwrap();
     fs.shutdown().unwrap();
     fs.mkdir(ROOT_INO, b"second", 0o755, &ctx()).unwrap();

@@ -8,7 +8,6 @@ use crate::fs::*;
 use crate::ondisk::le::{u16_at, u32_at};
 use crate::volume::errors::STATE_ERROR;
 use std::path::Path;
-use std::process::Command;
 
 /// An image whose directory `bad` has a corrupt block (checksum mismatch), made with
 /// `errors=policy`; returns the image and the physical block that was damaged.
@@ -43,17 +42,6 @@ fn superblock_state_and_errors(img: &Path) -> (u16, u32) {
     let bytes = std::fs::read(img).unwrap();
     let sb = &bytes[1024..2048];
     (u16_at(sb, 0x3A), u32_at(sb, 0x194))
-}
-
-/// e2fsck -fy repairs the damage (and the error state); then -fn finds it clean.
-fn repaired_clean(img: &Path) {
-    let out = Command::new("e2fsck").arg("-fy").arg(img).output().unwrap();
-    assert!(
-        out.status.code().is_some_and(|c| c <= 1),
-        "e2fsck -fy: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    e2fsck_clean(img);
 }
 
 #[test]
@@ -121,4 +109,45 @@ fn other_errors_are_not_file_system_errors() {
     drop(fs);
     assert_eq!(superblock_state_and_errors(&img), (1, 0));
     repaired_clean(&img);
+}
+
+/// The mount's `errors=` overrides the superblock's: an image made with `-e continue` mounted
+/// with errors=remount-ro turns read-only at the first corruption, and one made with
+/// `-e remount-ro` mounted with errors=continue carries on.
+#[test]
+fn the_mount_option_overrides_the_superblock() {
+    let t = tempfile::tempdir().unwrap();
+    for (made, mounted, read_only) in [
+        ("continue", OnError::RemountRo, true),
+        ("remount-ro", OnError::Continue, false),
+        ("continue", OnError::Panic, true),
+    ] {
+        let img = image_with_corrupt_dir(&t.path().join(mounted.name()), made);
+        let dev = crate::blockdev::FileDevice::open(&img, false).unwrap();
+        let opts = MountOptions {
+            errors: Some(mounted),
+            ..MountOptions::rw()
+        };
+        let fs = Fs::mount(std::sync::Arc::new(dev), &opts).unwrap();
+        let bad = fs.lookup(ROOT_INO, b"bad").unwrap();
+        let e = fs.lookup(bad.ino, b"file").unwrap_err();
+        fs.note_error(e);
+        assert_eq!(
+            fs.is_read_only(),
+            read_only,
+            "made {made}, mounted {mounted:?}"
+        );
+        if !read_only {
+            fs.shutdown().unwrap();
+        }
+        drop(fs);
+        let (state, count) = superblock_state_and_errors(&img);
+        assert_eq!(
+            state & STATE_ERROR,
+            STATE_ERROR,
+            "made {made}, mounted {mounted:?}"
+        );
+        assert_eq!(count, 1);
+        repaired_clean(&img);
+    }
 }

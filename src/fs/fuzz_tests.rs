@@ -219,7 +219,7 @@ fn build_base(dir: &Path, name: &str, opts: &[&str], bs: usize, size: &str) -> B
     let image = std::fs::read(&img).unwrap();
     let fs = Fs::mount(
         Arc::new(MemDevice::from_vec(image.clone())),
-        &MountOptions { read_only: true },
+        &MountOptions::ro(),
     )
     .unwrap();
     let mut cmds = String::from("stat /\nstat /lost+found\nstat <7>\nstat <8>\n");
@@ -658,7 +658,13 @@ fn run_one(base: Arc<Base>, seed: u64) -> std::result::Result<(), String> {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let dev = Arc::new(MemDevice::from_vec(img));
                 let ro = rng.chance(10);
-                if let Ok(fs) = Fs::mount(dev, &MountOptions { read_only: ro }) {
+                if let Ok(fs) = Fs::mount(
+                    dev,
+                    &MountOptions {
+                        read_only: ro,
+                        ..Default::default()
+                    },
+                ) {
                     MOUNTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     exercise(&fs, &mut rng, &b, &focus);
                 }
@@ -826,7 +832,7 @@ fn seek_past_the_block_map_is_one_hole() {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let dev = Arc::new(MemDevice::from_vec(image));
-            let fs = Fs::mount(dev, &MountOptions { read_only: false }).unwrap();
+            let fs = Fs::mount(dev, &MountOptions::rw()).unwrap();
             let ino = fs.lookup(ROOT_INO, b"f").unwrap().ino;
             let r = (
                 fs.lseek(ino, 4096, SEEK_DATA),
@@ -855,7 +861,7 @@ fn huge_journal_inode_size_is_refused() {
     mkfs(&src, &img, &["-t", "ext4", "-b", "4096"], "8M");
     debugfs_w(&img, "sif <8> size 0x7fffffffffff0000\n");
     let dev = Arc::new(MemDevice::from_vec(std::fs::read(&img).unwrap()));
-    let r = Fs::mount(dev, &MountOptions { read_only: false });
+    let r = Fs::mount(dev, &MountOptions::rw());
     let err = r.err().expect("the mount should fail");
     assert!(err.contains("journal") || err.contains("clean"), "{err}");
 }

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 fn mount(img: &Path) -> Arc<Fs> {
     let dev = crate::blockdev::FileDevice::open(img, false).unwrap();
-    let fs =
-        Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only: false }, 32 << 20).unwrap();
+    let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions::rw(), 32 << 20).unwrap();
     assert!(!fs.is_read_only());
     Arc::new(fs)
 }

@@ -91,7 +91,7 @@ mod tests {
             .expect("mke2fs (e2fsprogs) is required");
         assert!(out.status.success());
         let dev = crate::blockdev::FileDevice::open(&img, false).unwrap();
-        let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only: false }).unwrap();
+        let fs = Fs::mount(Arc::new(dev), &MountOptions::rw()).unwrap();
         let ino = fs.mknod(ROOT_INO, b"f", 0o100644, 0, &ctx()).unwrap().ino;
         let cap = b"security.capability";
         let arm = |mode: u32| {

@@ -75,6 +75,8 @@ mod crash_test_support;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod data_err_tests;
+#[cfg(test)]
 mod errors_policy_tests;
 #[cfg(test)]
 mod fstests_fixes_tests;

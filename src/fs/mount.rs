@@ -91,7 +91,8 @@ impl Fs {
             .collect();
         let alloc = Allocator::new(Geometry::from_superblock(&sb), groups, locations, fixed);
         let mut fs = Fs {
-            vol: Volume::new(dev, sb, itables, alloc, read_only, CACHE_BLOCKS),
+            vol: Volume::new(dev, sb, itables, alloc, read_only, CACHE_BLOCKS)
+                .with_policies(opts.errors, opts.data_err),
             dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             data: super::data::DataState::new(cache_bytes)

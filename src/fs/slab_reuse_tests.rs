@@ -60,8 +60,7 @@ fn check_reuse(block: &str) {
     let img = t.path().join("img");
     mkfs(&img, block);
     let dev = crate::blockdev::FileDevice::open(&img, false).unwrap();
-    let fs =
-        Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only: false }, 8 << 20).unwrap();
+    let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions::rw(), 8 << 20).unwrap();
     let pc = &fs.data.pc;
     let mut b_model = Vec::new();
     let b = fs.mknod(ROOT_INO, b"b", 0o100644, 0, &ctx()).unwrap().ino;

@@ -93,7 +93,7 @@ pub(crate) fn walk(fs: &Fs, dir: Ino) -> Vec<(Vec<u8>, Ino)> {
 /// Mount writable (the image must be made without a journal).
 pub(crate) fn mount_rw(img: &Path) -> Fs {
     let dev = FileDevice::open(img, false).unwrap();
-    let fs = Fs::mount(Arc::new(dev), &MountOptions { read_only: false }).unwrap();
+    let fs = Fs::mount(Arc::new(dev), &MountOptions::rw()).unwrap();
     assert!(!fs.is_read_only(), "the image should mount writable");
     fs
 }
@@ -187,4 +187,48 @@ pub(crate) fn kind_of(p: &Path, md: &std::fs::Metadata, file: impl FnOnce() -> S
     } else {
         file()
     }
+}
+
+/// What [`FailMarked`] refuses to write: a write whose buffer starts with these bytes.
+pub(crate) const FAIL_MARK: &[u8] = b"FAIL-THIS-WRITE!";
+
+/// An in-memory device that fails (EIO) every write whose data starts with [`FAIL_MARK`]: a
+/// file written with the mark at a block's start gets an I/O error on that block's writeback,
+/// and nothing else does.
+pub(crate) struct FailMarked(pub crate::blockdev::MemDevice);
+
+impl FailMarked {
+    pub(crate) fn new(bytes: Vec<u8>) -> FailMarked {
+        FailMarked(crate::blockdev::MemDevice::from_vec(bytes))
+    }
+}
+
+impl crate::blockdev::BlockDevice for FailMarked {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if buf.starts_with(FAIL_MARK) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.0.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+}
+
+/// e2fsck -fy repairs what there is to repair (damage, a recorded error, a journal to replay)
+/// and exits 0 or 1; then -fn finds the image clean.
+pub(crate) fn repaired_clean(img: &Path) {
+    let out = Command::new("e2fsck").arg("-fy").arg(img).output().unwrap();
+    assert!(
+        out.status.code().is_some_and(|c| c <= 1),
+        "e2fsck -fy: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    crate::test_support::e2fsck_clean(img);
 }

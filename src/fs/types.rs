@@ -2,6 +2,8 @@
 
 /// An ext4 inode number (FUSE node ids map onto these: FUSE root 1 is ext4 inode 2).
 pub use crate::volume::Ino;
+/// The error policies (`errors=`, `data_err=`).
+pub use crate::volume::{DataErr, OnError};
 
 /// The root directory's ext4 inode number.
 pub const ROOT_INO: Ino = 2;
@@ -80,6 +82,39 @@ pub const SEEK_HOLE: u32 = 4;
 pub struct MountOptions {
     /// Serve the image read-only even when it could be written.
     pub read_only: bool,
+    /// `errors=`: what finding corrupt metadata does; `None` = the superblock's `s_errors`.
+    pub errors: Option<OnError>,
+    /// `data_err=`: what a failed write of file data does.
+    pub data_err: DataErr,
+}
+
+impl MountOptions {
+    /// Read-write (when the image allows it), with the default policies.
+    pub fn rw() -> MountOptions {
+        MountOptions::default()
+    }
+
+    /// Read-only, with the default policies.
+    pub fn ro() -> MountOptions {
+        MountOptions {
+            read_only: true,
+            ..MountOptions::default()
+        }
+    }
+
+    /// Take one ext4 mount option word (`key` or `key=value`): `errors=continue|remount-ro|panic`
+    /// and `data_err=ignore|abort`. Returns `Ok(false)` for a word that is not one of them.
+    pub fn apply_ext4_option(&mut self, key: &str, value: Option<&str>) -> Result<bool, String> {
+        match (key, value) {
+            ("errors", Some(v)) => self.errors = Some(v.parse()?),
+            ("data_err", Some(v)) => self.data_err = v.parse()?,
+            ("errors" | "data_err", None) => {
+                return Err(format!("mount option {key} needs a value"));
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// A time to set: the current time or a given one.

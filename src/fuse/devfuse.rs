@@ -335,7 +335,7 @@ mod tests {
             return;
         };
         let dev = Arc::new(crate::blockdev::MemDevice::from_vec(image));
-        let fs = crate::fs::Fs::mount(dev, &crate::fs::MountOptions { read_only: true })
+        let fs = crate::fs::Fs::mount(dev, &crate::fs::MountOptions::ro())
             .expect("mount the test image");
         let d = Arc::new(Dispatcher::new(Arc::new(fs), Default::default()));
         let dir = tempfile::tempdir().unwrap();

@@ -1119,7 +1119,7 @@ pub(crate) mod tests {
     fn fs_from_image() -> Arc<Fs> {
         let bytes = make_image().expect("mke2fs (e2fsprogs) is needed to build the test image");
         let dev = Arc::new(MemDevice::from_vec(bytes));
-        let fs = Fs::mount(dev, &MountOptions { read_only: true }).expect("mount test image");
+        let fs = Fs::mount(dev, &MountOptions::ro()).expect("mount test image");
         Arc::new(fs)
     }
 
@@ -1696,7 +1696,7 @@ pub(crate) mod tests {
     fn writable_dispatcher(transport: Transport) -> Dispatcher {
         let bytes = make_image().expect("mke2fs (e2fsprogs) is needed to build the test image");
         let dev = Arc::new(MemDevice::from_vec(bytes));
-        let fs = Fs::mount(dev, &MountOptions { read_only: false }).expect("mount test image");
+        let fs = Fs::mount(dev, &MountOptions::rw()).expect("mount test image");
         assert!(!fs.is_read_only());
         let d = Dispatcher::new(Arc::new(fs), DispatchOptions::exclusive(transport));
         do_init(&d);

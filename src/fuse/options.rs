@@ -1,8 +1,10 @@
 //! mount(8)-style `-o` options for `vhost-ext4 mount`, with the kernel's meaning: the generic VFS
 //! flags (ro/rw, atime policy, dev, suid, exec, sync, dirsync) become mount(2) flags, `fsname=`
-//! and `subtype=` name the mount's source and type, and fstab-only words are accepted and ignored.
+//! and `subtype=` name the mount's source and type, ext4's own `errors=` and `data_err=` go to
+//! the file system, and fstab-only words are accepted and ignored.
 
 use super::devfuse::MountConfig;
+use crate::fs::MountOptions;
 
 /// The VFS mount flags one option word sets (`set`) and clears (`clear`).
 struct FlagOpt {
@@ -132,8 +134,9 @@ const IGNORED: &[&str] = &[
     "silent", "loud", "comment",
 ];
 
-/// Apply a comma-separated option string (one `-o` argument) to `cfg`.
-pub fn apply(cfg: &mut MountConfig, opts: &str) -> Result<(), String> {
+/// Apply a comma-separated option string (one `-o` argument) to `cfg` (the FUSE mount) and
+/// `fs_opts` (the file system's own options).
+pub fn apply(cfg: &mut MountConfig, fs_opts: &mut MountOptions, opts: &str) -> Result<(), String> {
     for word in opts.split(',').map(str::trim).filter(|w| !w.is_empty()) {
         let (key, value) = match word.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -144,6 +147,9 @@ pub fn apply(cfg: &mut MountConfig, opts: &str) -> Result<(), String> {
                 return Err(format!("mount option {key} takes no value"));
             }
             cfg.flags = (cfg.flags & !f.clear) | f.set;
+            continue;
+        }
+        if fs_opts.apply_ext4_option(key, value)? {
             continue;
         }
         match (key, value) {
@@ -180,11 +186,16 @@ mod tests {
     use super::*;
 
     fn parsed(opts: &[&str]) -> Result<MountConfig, String> {
+        parsed_both(opts).map(|(c, _)| c)
+    }
+
+    fn parsed_both(opts: &[&str]) -> Result<(MountConfig, MountOptions), String> {
         let mut c = MountConfig::new("/img", false);
+        let mut f = MountOptions::rw();
         for o in opts {
-            apply(&mut c, o)?;
+            apply(&mut c, &mut f, o)?;
         }
-        Ok(c)
+        Ok((c, f))
     }
 
     #[test]
@@ -231,6 +242,26 @@ mod tests {
     }
 
     #[test]
+    fn ext4_policies_go_to_the_file_system() {
+        use crate::fs::{DataErr, OnError};
+        let (c, f) = parsed_both(&[]).unwrap();
+        assert_eq!((f.errors, f.data_err), (None, DataErr::Ignore));
+        assert_eq!(c.flags, 0);
+        let (c, f) = parsed_both(&["noatime,errors=remount-ro,data_err=abort"]).unwrap();
+        assert_eq!(f.errors, Some(OnError::RemountRo));
+        assert_eq!(f.data_err, DataErr::Abort);
+        assert_eq!(c.flags, libc::MS_NOATIME);
+        // Later words win.
+        let (_, f) = parsed_both(&[
+            "data_err=abort,errors=panic",
+            "data_err=ignore,errors=continue",
+        ])
+        .unwrap();
+        assert_eq!(f.errors, Some(OnError::Continue));
+        assert_eq!(f.data_err, DataErr::Ignore);
+    }
+
+    #[test]
     fn bad_options_are_refused() {
         for bad in [
             "bogus",
@@ -239,6 +270,11 @@ mod tests {
             "subtype=a/b",
             "remount,ro",
             "uid",
+            "errors",
+            "errors=",
+            "errors=remount_ro",
+            "data_err",
+            "data_err=yes",
         ] {
             assert!(parsed(&[bad]).is_err(), "{bad} accepted");
         }

@@ -153,7 +153,7 @@ mod tests {
         let bytes =
             crate::fuse::dispatch::tests::make_image().expect("mke2fs (e2fsprogs) is required");
         let dev = Arc::new(MemDevice::from_vec(bytes));
-        let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+        let fs = Fs::mount(dev.clone(), &MountOptions::rw()).unwrap();
         (fs, dev)
     }
 

@@ -235,6 +235,10 @@ impl WritebackOps for Ext4Writeback<'_> {
         self.vol.es.remove(self.ino, l, n);
         self.vol.alloc.release(delayed);
     }
+
+    fn write_failed(&self) {
+        self.vol.data_write_failed(self.ino);
+    }
 }
 
 impl Volume {
@@ -405,7 +409,8 @@ impl Volume {
 
     /// Indirect-mapped file: allocate, map and write blocks `[l, l + n)` (a hole) under the
     /// namespace lock, so the map cannot commit before the data is on the device. Returns how
-    /// many blocks from `l` went home. When only blocks freed by uncommitted transactions are
+    /// many blocks from `l` went home (a block whose write failed is unmapped again and ends
+    /// the run; the next call starts with it). When only blocks freed by uncommitted transactions are
     /// left, commit and retry (jbd2's rule), as `alloc_unwritten` does.
     fn writeback_indirect(&self, io: &FileIo<'_>, l: u64, n: u64) -> Result<u64> {
         for attempt in 0..2 {
@@ -442,8 +447,15 @@ impl Volume {
                 };
             goal = pblk + 1;
             if let Err(e) = io.write_blocks(b, 1, pblk) {
-                self.store_inode(ino, &inode)?;
-                return Err(e);
+                // The block never got its data: unmap it again, so that the map this handle
+                // commits never points at stale data (ordered mode would, the kernel's too).
+                let r = self.ind_free_range(ino, &mut inode, b, b + 1);
+                self.es.forget_mapped(ino);
+                let freed = r?;
+                self.adjust_blocks(&mut inode, -freed);
+                self.data_write_failed(ino);
+                failed = Some(e);
+                break;
             }
             done += 1;
         }

@@ -89,6 +89,7 @@ mod tests {
                 Ok(())
             }
             fn discard(&self, _: u64, _: u64) {}
+            fn write_failed(&self) {}
         }
         let ops = Rec(Default::default());
         let d = InodeData::new(0);

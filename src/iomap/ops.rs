@@ -54,4 +54,7 @@ pub trait WritebackOps {
     /// The data of `[l, l + n)` is lost (mapping or writing it failed): release what the file
     /// system reserved for it.
     fn discard(&self, l: u64, n: u64);
+    /// The device refused a write of the file's data (logged already with the range), before
+    /// the batch completes: the file system applies its policy (ext4's `data_err=`).
+    fn write_failed(&self);
 }

@@ -15,9 +15,11 @@
 //! while its writeback runs, and a page re-dirtied after its write started is simply dirty
 //! again for the next pass.
 //!
-//! A failed data write is logged once with the inode and range, its pages are dropped (the data
-//! is lost, as the kernel loses it), [`WritebackOps::discard`] lets the file system release what
-//! it reserved for them, and the next fsync answers EIO.
+//! A failed data write is logged once with the inode and range, the file system hears of it
+//! before the batch completes ([`WritebackOps::write_failed`]: ext4's `data_err=abort` aborts the
+//! journal there), its pages are dropped (the data is lost, as the kernel loses it),
+//! [`WritebackOps::discard`] lets the file system release what it reserved for them, and the
+//! next fsync answers EIO.
 //!
 //! Lock order: the file's rw lock (plan only) → whatever the ops take (a journal handle, the
 //! block map) → the page map's mutex (never held across the data write).
@@ -183,14 +185,19 @@ impl FileIo<'_> {
         let bpp = self.blocks_per_page();
         let results = self.write_ios(&batch.ios);
         let mut end = ioend::Ioend::default();
+        let mut write_failed = false;
         for (io, r) in batch.ios.iter().zip(results) {
             match r {
                 Ok(()) => end.add(io.l, io.n, io.unwritten, bs),
                 Err(e) => {
                     batch.failed.push((io.l, io.n));
                     batch.err.get_or_insert(e);
+                    write_failed = true;
                 }
             }
+        }
+        if write_failed {
+            ops.write_failed();
         }
         if let Err(e) = end.complete(d, ops) {
             log::error!("inode {}: completing writeback failed: {e}", self.ino);

@@ -64,7 +64,7 @@ impl Guest {
         let fs = Arc::new(
             Fs::mount(
                 Arc::clone(&dev) as Arc<dyn crate::blockdev::BlockDevice>,
-                &MountOptions { read_only: false },
+                &MountOptions::rw(),
             )
             .unwrap(),
         );

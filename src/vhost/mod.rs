@@ -64,6 +64,11 @@ pub struct FsArgs {
     /// `--dax-window SIZE`: the DAX window offered as shared memory region 0 (a multiple of
     /// 2 MiB; 0 = none). Used only when the frontend negotiates SHMEM.
     pub dax_window: u64,
+    /// `--errors continue|remount-ro|panic`: what finding corrupt metadata does (default: the
+    /// superblock's setting).
+    pub errors: Option<crate::fs::OnError>,
+    /// `--data-err ignore|abort`: what a failed data write does (default ignore).
+    pub data_err: crate::fs::DataErr,
 }
 
 impl Default for FsArgs {
@@ -82,6 +87,8 @@ impl Default for FsArgs {
             image_io: ImageIo::Direct,
             atime: crate::fs::AtimePolicy::from_mount_flags(0),
             dax_window: dax::DEFAULT_WINDOW,
+            errors: None,
+            data_err: crate::fs::DataErr::Ignore,
         }
     }
 }
@@ -221,8 +228,16 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
         ));
     }
     let dev = FileDevice::open_with(image, read_only, args.image_io).map_err(|e| e.to_string())?;
-    let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only }, args.cache_size)
-        .map_err(|e| format!("cannot mount image {}: {e}", image.display()))?;
+    let fs = Fs::mount_with_cache(
+        Arc::new(dev),
+        &MountOptions {
+            read_only,
+            errors: args.errors,
+            data_err: args.data_err,
+        },
+        args.cache_size,
+    )
+    .map_err(|e| format!("cannot mount image {}: {e}", image.display()))?;
     let fs = Arc::new(fs);
     // The guest's mount options do not reach us: `--atime` (relatime, the Linux default).
     fs.set_atime_policy(args.atime);

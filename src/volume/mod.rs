@@ -31,6 +31,7 @@ use crate::cache::BufferCache;
 use crate::errno::{Errno, Result};
 use crate::ondisk::superblock::Superblock;
 use errors::SbLive;
+pub use errors::{DataErr, OnError};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -49,6 +50,11 @@ pub struct Volume {
     pub(crate) read_only: bool,
     /// Set when a metadata write failed: the journal is aborted and the file system read-only.
     pub(crate) aborted: AtomicBool,
+    /// `errors=`: what finding corrupt metadata does (the superblock's default unless the
+    /// mount said otherwise).
+    pub(crate) on_error: OnError,
+    /// `data_err=`: what a failed data write does.
+    pub(crate) data_err: DataErr,
     pub(crate) cache: BufferCache,
     /// Extent status trees: the cache of each inode's block map (exact runs of the extent tree or
     /// indirect map) and the delayed (delalloc) ranges. Every change of a block map drops the
@@ -103,6 +109,8 @@ impl Volume {
             alloc,
             read_only,
             aborted: AtomicBool::new(false),
+            on_error: OnError::from_superblock(sb.errors),
+            data_err: DataErr::Ignore,
             cache: BufferCache::new(cache_blocks),
             es: Default::default(),
             inodes: Default::default(),
@@ -119,6 +127,16 @@ impl Volume {
             commit_after_alloc: AtomicBool::new(false),
             sb,
         }
+    }
+
+    /// Set the mount's error policies: `errors=` (`None` keeps the superblock's) and
+    /// `data_err=`.
+    pub(crate) fn with_policies(mut self, errors: Option<OnError>, data_err: DataErr) -> Volume {
+        if let Some(e) = errors {
+            self.on_error = e;
+        }
+        self.data_err = data_err;
+        self
     }
 
     pub fn block_size(&self) -> u32 {

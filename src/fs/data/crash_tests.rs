@@ -300,9 +300,7 @@ fn crash_data_with(
     let base = std::fs::read(&img).unwrap();
     let dev = Arc::new(RecordingDevice::new(MemDevice::from_vec(base.clone())));
     let files = {
-        let fs = Arc::new(
-            Fs::mount_with_cache(dev.clone(), &MountOptions { read_only: false }, 8 << 20).unwrap(),
-        );
+        let fs = Arc::new(Fs::mount_with_cache(dev.clone(), &MountOptions::rw(), 8 << 20).unwrap());
         // Transactions close at any point of a writeback: right after each allocation, before
         // its data write (the hook), and whenever a committer beside the workload runs.
         fs.commit_after_alloc

@@ -12,7 +12,7 @@ use std::path::Path;
 
 fn mount_rw(img: &Path) -> Fs {
     let dev = crate::blockdev::FileDevice::open(img, false).unwrap();
-    Fs::mount(Arc::new(dev), &MountOptions { read_only: false }).unwrap()
+    Fs::mount(Arc::new(dev), &MountOptions::rw()).unwrap()
 }
 
 fn ctx() -> Ctx {

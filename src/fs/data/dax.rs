@@ -599,7 +599,7 @@ mod tests {
 
     fn mount(img: &std::path::Path) -> Fs {
         let dev = crate::blockdev::FileDevice::open(img, false).unwrap();
-        Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only: false }, 64 << 20).unwrap()
+        Fs::mount_with_cache(Arc::new(dev), &MountOptions::rw(), 64 << 20).unwrap()
     }
 
     /// Writable mappings of holes until the file system is full: the refused one answers

@@ -6,7 +6,7 @@
 //! file exactly as the model has it.
 
 use crate::errno::Errno;
-use crate::fs::testutil::{ctx, kernel_mount, kernel_umount};
+use crate::fs::testutil::{FAIL_MARK, FailMarked, ctx, kernel_mount, kernel_umount};
 use crate::fs::{
     FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE, Fs, MountOptions, ROOT_INO,
@@ -32,8 +32,7 @@ pub(super) use crate::fs::testutil::mkfs_blank as mkfs;
 
 fn mount(img: &Path, cache: u64) -> Fs {
     let dev = crate::blockdev::FileDevice::open(img, false).unwrap();
-    let fs =
-        Fs::mount_with_cache(Arc::new(dev), &MountOptions { read_only: false }, cache).unwrap();
+    let fs = Fs::mount_with_cache(Arc::new(dev), &MountOptions::rw(), cache).unwrap();
     assert!(!fs.is_read_only());
     fs
 }
@@ -626,28 +625,6 @@ fn enospc_is_answered_by_write_and_reservations_come_back() {
 
 /// A device whose writes fail (EIO) when the data starts with a marker: only file data carries
 /// it, so metadata writes go through.
-struct FailMarked(crate::blockdev::MemDevice);
-
-const FAIL_MARK: &[u8] = b"FAIL-THIS-WRITE!";
-
-impl crate::blockdev::BlockDevice for FailMarked {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        if buf.starts_with(FAIL_MARK) {
-            return Err(std::io::Error::from_raw_os_error(libc::EIO));
-        }
-        self.0.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-}
-
 /// An injected EIO on a data write: fsync answers EIO (once), the image stays consistent, and
 /// the rest of the file system keeps working.
 #[test]
@@ -656,8 +633,8 @@ fn a_failed_data_write_is_reported_by_fsync() {
     let img = t.path().join("img");
     mkfs(&img, &["-t", "ext4", "-b", "4096"], "32M");
     let bytes = std::fs::read(&img).unwrap();
-    let dev = Arc::new(FailMarked(crate::blockdev::MemDevice::from_vec(bytes)));
-    let fs = Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap();
+    let dev = Arc::new(FailMarked::new(bytes));
+    let fs = Fs::mount(dev.clone(), &MountOptions::rw()).unwrap();
     let bad = fs.mknod(ROOT_INO, b"bad", 0o100644, 0, &ctx()).unwrap().ino;
     let good = fs
         .mknod(ROOT_INO, b"good", 0o100644, 0, &ctx())
@@ -1004,7 +981,7 @@ fn writers_run_beside_writeback_and_redirtied_pages_stay_dirty() {
     let img = t.path().join("img");
     mkfs(&img, &["-t", "ext4", "-b", "4096"], "64M");
     let dev = Arc::new(Gated::new(std::fs::read(&img).unwrap()));
-    let fs = Arc::new(Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap());
+    let fs = Arc::new(Fs::mount(dev.clone(), &MountOptions::rw()).unwrap());
     let ino = fs.mknod(ROOT_INO, b"f", 0o100644, 0, &ctx()).unwrap().ino;
     let mut model = Vec::new();
     let mut first = vec![1u8; 8192];
@@ -1065,7 +1042,7 @@ fn truncate_and_punch_wait_for_writeback_in_flight() {
         let img = t.path().join("img");
         mkfs(&img, &["-t", "ext4", "-b", "1024"], "64M");
         let dev = Arc::new(Gated::new(std::fs::read(&img).unwrap()));
-        let fs = Arc::new(Fs::mount(dev.clone(), &MountOptions { read_only: false }).unwrap());
+        let fs = Arc::new(Fs::mount(dev.clone(), &MountOptions::rw()).unwrap());
         let ino = fs.mknod(ROOT_INO, b"f", 0o100644, 0, &ctx()).unwrap().ino;
         let mut data = vec![5u8; 1 << 20];
         data[..GATE_MARK.len()].copy_from_slice(GATE_MARK);
