@@ -259,9 +259,9 @@ fn run_mount(
     if !ro {
         Fs::start_commit_thread(&fs, std::time::Duration::from_secs(commit_interval.max(1)))
             .map_err(|e| format!("cannot start the commit thread: {e}"))?;
-        Fs::start_flusher_thread(&fs)
-            .map_err(|e| format!("cannot start the flusher thread: {e}"))?;
     }
+    // Read-only too: it gives cache memory back when the host runs short.
+    Fs::start_flusher_thread(&fs).map_err(|e| format!("cannot start the flusher thread: {e}"))?;
 
     // We hold the image exclusively and every change comes through this mount: the kernel may
     // cache names, attributes and negative lookups for long.

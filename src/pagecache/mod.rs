@@ -9,6 +9,7 @@
 pub mod arena;
 mod limits;
 pub mod mapping;
+pub mod pressure;
 
 pub use arena::{Arena, PAGE_SIZE, PageBits, SLAB_PAGES, SLAB_SIZE, SlabId};
 pub use limits::PageCache;

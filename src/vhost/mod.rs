@@ -244,9 +244,9 @@ pub fn serve_fs(args: FsArgs, stop: &Stopper) -> Result<(), String> {
     if !fs.is_read_only() {
         Fs::start_commit_thread(&fs, std::time::Duration::from_secs(5))
             .map_err(|e| format!("cannot start the commit thread: {e}"))?;
-        Fs::start_flusher_thread(&fs)
-            .map_err(|e| format!("cannot start the flusher thread: {e}"))?;
     }
+    // Read-only too: it gives cache memory back when the host runs short.
+    Fs::start_flusher_thread(&fs).map_err(|e| format!("cannot start the flusher thread: {e}"))?;
     let dispatcher = Arc::new(Dispatcher::new(
         Arc::clone(&fs),
         // The daemon holds the image exclusively and the guest is its only client, so the

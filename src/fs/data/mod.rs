@@ -2,7 +2,7 @@
 //! background writeback) and ext4's side of the data path — buffered write with delayed
 //! allocation (`write`), cached reads with readahead (`read`), writeback through unwritten
 //! extents converted at I/O completion (`writeback`), truncate, fallocate and copy
-//! (`space`), fsync and syncfs.
+//! (`space`), fsync and syncfs, and giving memory back when the host runs short (`pressure`).
 //!
 //! The rules (they keep the image a valid ext4 at every crash point):
 //! * No data=ordered: a block that gets data for the first time is allocated as an **unwritten**
@@ -26,6 +26,7 @@
 //! waits for the flusher while holding its own, so the flusher may block on it.
 
 mod dax;
+mod pressure;
 mod read;
 mod space;
 mod write;
@@ -44,10 +45,11 @@ pub use write::{KILL_SUIDGID, WriteSource};
 use super::Fs;
 use super::types::Ino;
 use crate::errno::{Errno, Result};
+use crate::pagecache::pressure::{HostMemory, MemorySource};
 use crate::pagecache::{Mapping, PageCache};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Slabs of address space per slab the cache size needs when full: a small file takes a whole
 /// 2 MiB slab for its few pages, so many small files need many slabs (address space only; a
@@ -78,6 +80,13 @@ pub(super) struct DataState {
     deferred: Mutex<Vec<Ino>>,
     /// The owner of a DAX window showing our pages, if any.
     revoker: RwLock<Option<std::sync::Weak<dyn DaxRevoker>>>,
+    /// Where the host's memory state comes from (see `pressure`).
+    memory: RwLock<Arc<dyn MemorySource>>,
+    /// The host was short of memory at the last look (log once per episode).
+    pressed: AtomicBool,
+    /// When reads and writes last looked at the memory state (ms since `started`).
+    last_look: AtomicU64,
+    started: Instant,
 }
 
 impl DataState {
@@ -88,6 +97,10 @@ impl DataState {
             stop: AtomicBool::new(false),
             deferred: Mutex::new(Vec::new()),
             revoker: RwLock::new(None),
+            memory: RwLock::new(Arc::new(HostMemory::new())),
+            pressed: AtomicBool::new(false),
+            last_look: AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
@@ -255,12 +268,21 @@ impl Fs {
     /// holds them). `own` is a file whose lock the caller already holds.
     fn shrink_cache(&self, own: Option<(&InodeData, &mut Mapping)>) {
         let pc = &self.data.pc;
-        let mut need = pc.over_limit();
+        let need = pc.over_limit();
         if need == 0 && !self.slabs_short() {
             return;
         }
         // Free an eighth of the cache at a time, so eviction is not paid per page.
-        need = need.max(pc.limit_pages() / 8);
+        self.evict_lru(need.max(pc.limit_pages() / 8), own);
+    }
+
+    /// Evict up to `need` clean pages, least recently used files first (other files only when
+    /// no writer holds them; `own`, whose lock the caller holds, last). Returns the pages
+    /// evicted.
+    fn evict_lru(&self, need: usize, own: Option<(&InodeData, &mut Mapping)>) -> usize {
+        let pc = &self.data.pc;
+        let want = need;
+        let mut need = need;
         let own_ptr = own.as_ref().map(|(d, _)| *d as *const InodeData);
         // Least recently used first. Each key is read once: a file's last use moves while we
         // sort, and a sort needs keys that hold still.
@@ -297,8 +319,9 @@ impl Fs {
         if need > 0
             && let Some((_, m)) = own
         {
-            m.evict_clean(pc, need);
+            need = need.saturating_sub(m.evict_clean(pc, need));
         }
+        want - need
     }
 
     /// Drop the table entry of a file with no cached pages and nothing pending, so the table
@@ -370,8 +393,9 @@ impl Fs {
         }
     }
 
-    /// Start the flusher thread: background writeback of expired or excess dirty pages, and
-    /// eviction when the cache is over its size.
+    /// Start the flusher thread: background writeback of expired or excess dirty pages,
+    /// eviction when the cache is over its size, and giving memory back when the host runs
+    /// short (read-only file systems too: their cache is clean, but it is memory).
     pub fn start_flusher_thread(fs: &Arc<Fs>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let weak = Arc::downgrade(fs);
         std::thread::Builder::new()
@@ -393,15 +417,17 @@ impl Fs {
                     if fs.data.stop.load(Ordering::Acquire) {
                         return;
                     }
-                    if fs.is_read_only() {
-                        continue;
-                    }
-                    if let Err(e) = fs.writeback_all(true) {
+                    // A read-only file system has only clean pages: nothing to write back, but
+                    // memory to give back all the same.
+                    if !fs.is_read_only()
+                        && let Err(e) = fs.writeback_all(true)
+                    {
                         log::warn!("background writeback: {e}");
                     }
                     if fs.data.pc.over_limit() > 0 || fs.slabs_short() {
                         fs.shrink_cache(None);
                     }
+                    fs.relieve_memory_pressure();
                     fs.data.pc.release_idle_kept();
                 }
             })
@@ -412,5 +438,7 @@ impl Fs {
 mod crash_tests;
 #[cfg(test)]
 mod data_alloc_tests;
+#[cfg(test)]
+mod pressure_tests;
 #[cfg(test)]
 mod tests;

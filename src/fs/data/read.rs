@@ -93,28 +93,43 @@ impl Fs {
             return put(ino, sink, &[&v]);
         }
         let d = self.inode_data(ino)?;
+        let n = self.read_regular(ino, &d, offset, size, sink);
+        // Without the file's lock: reclaim may take this file's clean pages too.
+        self.reclaim_if_short();
+        n
+    }
+
+    /// [`Fs::read_to`] of a regular file's data through the page cache.
+    fn read_regular(
+        &self,
+        ino: Ino,
+        d: &InodeData,
+        offset: u64,
+        size: u32,
+        sink: &mut dyn ReadSink,
+    ) -> Result<usize> {
         let _r = d.read_lock();
         let fsize = d.sizes().size;
         if offset >= fsize || size == 0 {
             return put(ino, sink, &[]);
         }
         let end = fsize.min(offset + size as u64);
-        self.dax_redirty_range(&d, offset, end);
-        if !self.cache_range(ino, &d, offset, end, fsize)? {
+        self.dax_redirty_range(d, offset, end);
+        if !self.cache_range(ino, d, offset, end, fsize)? {
             // No room in the cache at all: put the dirty data of the range on disk, then read
             // around the cache.
             let p0 = offset / PAGE_SIZE as u64;
             let p1 = end.div_ceil(PAGE_SIZE as u64);
-            self.writeback_inode(ino, &d, p0, p1)?;
+            self.writeback_inode(ino, d, p0, p1)?;
             let v = {
-                let _g = self.map_read(&d);
+                let _g = self.map_read(d);
                 let mut inode = self.read_inode(ino)?;
                 inode.size = fsize;
                 self.read_data(ino, &inode, offset, size)?
             };
             return put(ino, sink, &[&v]);
         }
-        let n = self.file_io(ino, &d).read_cached(offset, end, sink)?;
+        let n = self.file_io(ino, d).read_cached(offset, end, sink)?;
         if self.data.pc.over_limit() > 0 {
             self.shrink_cache(None);
         }

@@ -56,6 +56,7 @@ impl Fs {
         };
         if r.is_ok() {
             self.balance_dirty(ino, &d);
+            self.reclaim_if_short();
         }
         r
     }
