@@ -203,13 +203,21 @@ impl Fs {
     }
 
     /// Commit the running transaction; when there is none, flush the device (data overwritten
-    /// in place must still reach stable storage).
+    /// in place must still reach stable storage). An empty running transaction may mean that
+    /// another thread's commit froze our changes and is still writing them to the log: wait
+    /// for it (it holds the commit lock until its commit block is durable), as jbd2's fsync
+    /// waits for the transaction that last changed the inode.
     fn commit_or_flush(&self) -> Result<()> {
         if self.is_read_only() {
             return Err(Errno::EIO);
         }
         if self.cache.running_len() > 0 {
             return self.sync();
+        }
+        drop(self.commit_guard());
+        if self.is_read_only() {
+            // That commit failed: what it held is not durable.
+            return Err(Errno::EIO);
         }
         self.dev.flush().map_err(|e| {
             log::error!("flushing the device failed: {e}");
@@ -273,13 +281,15 @@ impl Fs {
             return;
         }
         // Free an eighth of the cache at a time, so eviction is not paid per page.
-        self.evict_lru(need.max(pc.limit_pages() / 8), own);
+        self.evict_lru(need.max(pc.limit_pages() / 8), own, false);
     }
 
-    /// Evict up to `need` clean pages, least recently used files first (other files only when
-    /// no writer holds them; `own`, whose lock the caller holds, last). Returns the pages
-    /// evicted.
-    fn evict_lru(&self, need: usize, own: Option<(&InodeData, &mut Mapping)>) -> usize {
+    /// Evict up to `need` clean pages, least recently used files first (`own`, whose lock the
+    /// caller holds, last). Other files only when no reader or writer holds them, unless
+    /// `wait`: then wait for their rw lock (only for a caller that holds no file's lock: the
+    /// memory-pressure path, which must not skip a file that is being read).
+    /// Returns the pages evicted.
+    fn evict_lru(&self, need: usize, own: Option<(&InodeData, &mut Mapping)>, wait: bool) -> usize {
         let pc = &self.data.pc;
         let want = need;
         let mut need = need;
@@ -307,7 +317,11 @@ impl Fs {
             if Some(Arc::as_ptr(&d)) == own_ptr {
                 continue;
             }
-            let Ok(_w) = d.rw.try_write() else { continue };
+            let _w = match d.rw.try_write() {
+                Ok(w) => w,
+                Err(_) if wait => d.rw.write().unwrap_or_else(|e| e.into_inner()),
+                Err(_) => continue,
+            };
             let mut m = d.pages();
             need = need.saturating_sub(m.evict_clean(pc, need));
             let empty = m.resident_pages() == 0 && m.pinned_chunks() == 0;

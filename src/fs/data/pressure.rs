@@ -76,7 +76,7 @@ impl Fs {
         // for reuse: not now.
         let evict = || {
             let room = pc.resident_pages().saturating_sub(floor);
-            self.evict_lru(want.saturating_sub(given()).min(room), None);
+            self.evict_lru(want.saturating_sub(given()).min(room), None, true);
             pc.release_kept();
         };
         pc.release_kept();
