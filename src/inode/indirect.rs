@@ -242,6 +242,15 @@ impl Volume {
         self.ind_free_range(ino, inode, from, u64::MAX)
     }
 
+    /// [`Volume::ind_free_range`] on the in-memory `inode`, then forget its cached map and
+    /// count the freed blocks out of `i_blocks` (the caller stores the inode).
+    pub(crate) fn ind_unmap(&self, ino: Ino, inode: &mut Inode, from: u64, end: u64) -> Result<()> {
+        let r = self.ind_free_range(ino, inode, from, end);
+        self.es.forget_mapped(ino);
+        self.adjust_blocks(inode, -r?);
+        Ok(())
+    }
+
     /// Free every block mapped in logical blocks `[from, end)`, and every indirect block the
     /// range leaves empty (a punched hole in the middle of the file, or a truncate with `end`
     /// at the maximum; the kernel's `ext4_ind_remove_space`). Nothing changes when the map

@@ -449,10 +449,7 @@ impl Volume {
             if let Err(e) = io.write_blocks(b, 1, pblk) {
                 // The block never got its data: unmap it again, so that the map this handle
                 // commits never points at stale data (ordered mode would, the kernel's too).
-                let r = self.ind_free_range(ino, &mut inode, b, b + 1);
-                self.es.forget_mapped(ino);
-                let freed = r?;
-                self.adjust_blocks(&mut inode, -freed);
+                self.ind_unmap(ino, &mut inode, b, b + 1)?;
                 self.data_write_failed(ino);
                 failed = Some(e);
                 break;

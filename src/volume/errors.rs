@@ -57,14 +57,10 @@ impl OnError {
 impl std::str::FromStr for OnError {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<OnError, String> {
-        match s {
-            "continue" => Ok(OnError::Continue),
-            "remount-ro" => Ok(OnError::RemountRo),
-            "panic" => Ok(OnError::Panic),
-            _ => Err(format!(
-                "errors={s}: expected continue, remount-ro or panic"
-            )),
-        }
+        [OnError::Continue, OnError::RemountRo, OnError::Panic]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("errors={s}: expected continue, remount-ro or panic"))
     }
 }
 

@@ -9,7 +9,6 @@
 //! short, as the kernel's direct reclaim does.
 
 use super::super::Fs;
-use super::writeback::Hold;
 use crate::pagecache::PAGE_SIZE;
 use crate::pagecache::pressure::MemorySource;
 use std::sync::Arc;
@@ -85,15 +84,9 @@ impl Fs {
         }
         if given() < want && pc.dirty_pages() > 0 && !self.is_read_only() {
             // Dirty pages cannot go before their data is on the disk.
-            for (ino, d) in self.inodes.all() {
-                if d.pages().dirty_since().is_some()
-                    && let Err(e) = self.writeback_file(ino, &d, 0, u64::MAX, Hold::Take)
-                {
-                    log::warn!("writeback under memory pressure, inode {ino}: {e}");
-                }
-                d.wait_writeback(0, u64::MAX);
+            if let Err(e) = self.writeback_all(false) {
+                log::warn!("writeback under memory pressure: {e}");
             }
-            self.data.kick.cleaned.notify_all();
             evict();
         }
         let freed = given();

@@ -421,10 +421,7 @@ impl Fs {
             {
                 let _g = self.ns_write();
                 let mut inode = self.read_inode(ino)?;
-                let r = self.ind_free_range(ino, &mut inode, at, to);
-                self.es.forget_mapped(ino);
-                let freed = r?;
-                self.adjust_blocks(&mut inode, -freed);
+                self.ind_unmap(ino, &mut inode, at, to)?;
                 self.store_inode(ino, &inode)?;
             }
             self.commit_if_large()?;
